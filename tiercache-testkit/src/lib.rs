@@ -1,0 +1,48 @@
+//! Test support for `tiercache`: real `redis-server` processes owned by one test each.
+//!
+//! Integration tests and benches of the cache must see what happens when Redis goes away,
+//! hangs or comes back, and they must never touch a shared or system Redis (port 6379) to
+//! do it. [`RedisServer`] spawns a private `redis-server` on a free loopback port in its
+//! own temporary directory, so a test can stop, pause (`SIGSTOP`), resume and restart it
+//! without disturbing anything else. The process is killed when the value is dropped.
+//!
+//! `redis-server` must be on `PATH` (`apt-get install redis-server`).
+//!
+//! # Layout
+//!
+//! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
+//!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tiercache_testkit::RedisServer;
+//!
+//! let mut server = RedisServer::start();
+//! assert_eq!(server.command(&["PING"])?, "+PONG\r\n");
+//! let url = server.url(); // "redis://127.0.0.1:<port>/", hand it to the client under test
+//! # let _ = url;
+//!
+//! // A paused server still accepts TCP connections but never answers.
+//! server.pause();
+//! assert!(server.command_with_timeout(&["PING"], Duration::from_millis(200)).is_err());
+//! server.resume();
+//! assert_eq!(server.command(&["PING"])?, "+PONG\r\n");
+//!
+//! // Restart comes back empty on the same port.
+//! let port = server.port();
+//! server.command(&["SET", "k", "v"])?;
+//! server.restart();
+//! assert_eq!(server.port(), port);
+//! assert_eq!(server.command(&["DBSIZE"])?, ":0\r\n");
+//!
+//! // Stopped: the port refuses connections until the next restart.
+//! server.stop();
+//! assert!(server.command(&["PING"]).is_err());
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod redis_server;
+
+pub use redis_server::RedisServer;

@@ -1,0 +1,457 @@
+//! [`CacheBuilder`]: every setting of a cache, validated in one place.
+//!
+//! Setters take bare names and return the builder; problems are reported by [`build`]
+//! (`CacheBuilder::build`) as [`Error::Config`] naming the setting, so a typo fails at start-up,
+//! not on the first request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+
+use crate::cache::{Cache, Inner};
+use crate::coalesce::Coalescer;
+use crate::codec::{Codec, Envelope};
+use crate::error::{Error, Result};
+use crate::invalidation::PendingInvalidations;
+use crate::key::{Category, KeySpace};
+use crate::probe;
+use crate::remote::{Remote, RemoteConfig};
+use crate::stats::Counters;
+use crate::ttl::TtlPolicy;
+
+/// Default Redis address.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// Builds a [`Cache`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tiercache::{Cache, Category, Codec};
+///
+/// # async fn demo() -> Result<(), tiercache::Error> {
+/// let cache = Cache::builder()
+///     .url("redis://127.0.0.1:6379")
+///     .username("app")                          // ACL user (optional)
+///     .password("secret")                       // AUTH (optional)
+///     .db(0)
+///     .env_prefix("prod")                       // keys start with `prod:scan-api:`
+///     .namespace("scan-api")
+///     .op_timeout(Duration::from_millis(50))    // bound on every Redis call
+///     .connect_timeout(Duration::from_secs(1))  // bound on (re)connecting
+///     .breaker_threshold(3)                     // failures before the breaker opens
+///     .breaker_cooldown(Duration::from_millis(250))
+///     .ttl(Category::SCAN_RESULTS, Duration::from_secs(300))
+///     .default_ttl(Duration::from_secs(300))
+///     .jitter(0.1)                              // ±10%
+///     .codec(Codec::Postcard)
+///     .compress_threshold(1024)                 // LZ4 above 1 KiB
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct CacheBuilder {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    db: Option<i64>,
+    env_prefix: String,
+    namespace: String,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    ttl: TtlPolicy,
+    codec: Codec,
+    compress_threshold: usize,
+    scan_count: usize,
+    /// The first invalid setting seen by a setter that cannot fail, reported by `build`.
+    deferred: Option<Error>,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    /// Never shows the password, in the URL or on its own.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("url", &redact(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("env_prefix", &self.env_prefix)
+            .field("namespace", &self.namespace)
+            .field("op_timeout", &self.op_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("ttl", &self.ttl)
+            .field("codec", &self.codec)
+            .field("compress_threshold", &self.compress_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_URL.to_owned(),
+            username: None,
+            password: None,
+            db: None,
+            env_prefix: "dev".to_owned(),
+            namespace: "tiercache".to_owned(),
+            op_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_millis(250),
+            ttl: TtlPolicy::default(),
+            codec: Codec::default(),
+            compress_threshold: 1024,
+            scan_count: 1000,
+            deferred: None,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// A builder with the defaults: Redis at [`DEFAULT_URL`], env `dev`, namespace `tiercache`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder configured from the environment: `REDIS_URL`, `REDIS_USERNAME`,
+    /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE` and `APP_ENV`. Unset variables keep the
+    /// defaults; an invalid one is reported by `build`, naming the variable.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with a custom lookup (for tests and config files).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut b = Self::default();
+        if let Some(url) = lookup("REDIS_URL") {
+            b = b.url(url);
+        }
+        if let Some(user) = lookup("REDIS_USERNAME") {
+            b = b.username(user);
+        }
+        if let Some(password) = lookup("REDIS_PASSWORD") {
+            b = b.password(password);
+        }
+        if let Some(db) = lookup("REDIS_DB") {
+            match db.trim().parse::<i64>() {
+                Ok(db) => b = b.db(db),
+                Err(_) => b.defer(Error::config("REDIS_DB", format!("{db:?} is not a number"))),
+            }
+        }
+        if let Some(ns) = lookup("CACHE_NAMESPACE") {
+            b = b.namespace(ns);
+        }
+        if let Some(env) = lookup("APP_ENV") {
+            b = b.env_prefix(env);
+        }
+        b
+    }
+
+    fn defer(&mut self, e: Error) {
+        self.deferred.get_or_insert(e);
+    }
+
+    /// Redis URL: `redis://[user[:password]@]host[:port][/db]`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// ACL user name (overrides one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Password for AUTH (overrides one in the URL).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Database number (overrides one in the URL).
+    pub fn db(mut self, db: i64) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    /// Environment prefix, the first key segment (`prod`, `staging`).
+    pub fn env_prefix(mut self, env: impl Into<String>) -> Self {
+        self.env_prefix = env.into();
+        self
+    }
+
+    /// Namespace, the second key segment: clearing the cache clears only this namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Bound on each Redis call (default 50 ms). A call that takes longer is abandoned and
+    /// treated as a miss.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Bound on connecting and reconnecting (default 1 s). Callers never wait for it: the
+    /// start-up probe and the background recovery do.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Consecutive failures (errors or timeouts) that open the circuit breaker (default 3).
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// Time between recovery probes while the breaker is open (default 250 ms).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Base TTL of one category.
+    pub fn ttl(mut self, category: Category, ttl: Duration) -> Self {
+        if let Err(e) = self.ttl.set(category, ttl) {
+            self.defer(e);
+        }
+        self
+    }
+
+    /// Base TTL of categories without their own.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        if let Err(e) = self.ttl.set_fallback(ttl) {
+            self.defer(e);
+        }
+        self
+    }
+
+    /// TTL jitter as a fraction in `[0, 0.5]` (default 0.1, that is ±10%).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        if let Err(e) = self.ttl.set_jitter(jitter) {
+            self.defer(e);
+        }
+        self
+    }
+
+    /// Value codec for writes (default [`Codec::Postcard`]). Reads accept every codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Serialized values larger than this many bytes are LZ4-compressed (default 1024).
+    pub fn compress_threshold(mut self, bytes: usize) -> Self {
+        self.compress_threshold = bytes;
+        self
+    }
+
+    /// `COUNT` hint for SCAN in pattern invalidation and key counting (default 1000).
+    pub fn scan_count(mut self, count: usize) -> Self {
+        self.scan_count = count;
+        self
+    }
+
+    /// Validates the settings, connects to Redis and returns the cache.
+    ///
+    /// Waits at most the connect timeout. If Redis is not reachable the cache is still built: it
+    /// works as a pass-through (every read a miss, loaders always run) and connects in the
+    /// background as soon as Redis answers. Only invalid settings are errors.
+    pub async fn build(self) -> Result<Cache> {
+        if let Some(e) = self.deferred {
+            return Err(e);
+        }
+        let keys = KeySpace::new(&self.env_prefix, &self.namespace)?;
+        for (setting, d) in [
+            ("op_timeout", self.op_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("breaker_cooldown", self.breaker_cooldown),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(setting, "must be greater than zero"));
+            }
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::config("breaker_threshold", "must be at least 1"));
+        }
+        if self.scan_count == 0 {
+            return Err(Error::config("scan_count", "must be at least 1"));
+        }
+        let info = connection_info(&self.url, self.username, self.password, self.db)?;
+
+        let counters = Arc::new(Counters::new(self.ttl.categories()));
+        let remote = Arc::new(Remote::new(
+            RemoteConfig {
+                info,
+                op_timeout: self.op_timeout,
+                connect_timeout: self.connect_timeout,
+                breaker_threshold: self.breaker_threshold,
+                scan_count: self.scan_count,
+            },
+            counters.clone(),
+        )?);
+        match remote.probe().await {
+            Ok(rtt) => tracing::info!(
+                addr = %remote.addr,
+                rtt_us = rtt.as_micros() as u64,
+                namespace = %keys.prefix(),
+                "connected to redis"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    addr = %remote.addr,
+                    error = %e,
+                    "redis is unreachable at start-up: serving without the cache and reconnecting in the background"
+                );
+                remote.breaker.trip();
+            }
+        }
+        let pending = Arc::new(PendingInvalidations::new(keys.namespace_pattern()));
+        let probe = probe::spawn(remote.clone(), pending.clone(), self.breaker_cooldown);
+        Ok(Cache::from_inner(Inner {
+            keys,
+            remote,
+            counters,
+            envelope: Envelope::new(self.codec, self.compress_threshold),
+            ttl: self.ttl,
+            loads: Coalescer::default(),
+            pending,
+            started: Instant::now(),
+            _probe: probe,
+        }))
+    }
+}
+
+/// Parses the URL and applies the separate credential and database settings.
+fn connection_info(
+    url: &str,
+    username: Option<String>,
+    password: Option<String>,
+    db: Option<i64>,
+) -> Result<redis::ConnectionInfo> {
+    let info = url.into_connection_info().map_err(|e| {
+        Error::config(
+            "url",
+            format!("{:?} is not a valid Redis URL: {e}", redact(url)),
+        )
+    })?;
+    if !info.addr().is_supported() {
+        let reason = match info.addr() {
+            ConnectionAddr::TcpTls { .. } => "rediss:// (TLS) is not supported by this build",
+            _ => "this address type is not supported on this platform",
+        };
+        return Err(Error::config("url", reason));
+    }
+    let mut redis = info.redis_settings().clone();
+    if let Some(u) = username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = password {
+        redis = redis.set_password(p);
+    }
+    if let Some(db) = db {
+        if db < 0 {
+            return Err(Error::config("db", format!("{db} is negative")));
+        }
+        redis = redis.set_db(db);
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
+/// The URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_messages() {
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let b = CacheBuilder::new()
+            .url("redis://u:hunter2@h:1")
+            .password("hunter3");
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_the_url_parts() {
+        let info = connection_info(
+            "redis://127.0.0.1:7000/1",
+            Some("bob".into()),
+            Some("pw".into()),
+            Some(3),
+        )
+        .unwrap();
+        assert_eq!(info.redis_settings().username(), Some("bob"));
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+        assert_eq!(info.redis_settings().db(), 3);
+    }
+
+    #[tokio::test]
+    async fn invalid_settings_name_the_setting() {
+        let cases: Vec<(CacheBuilder, &str)> = vec![
+            (CacheBuilder::new().url("http://nope"), "url"),
+            (CacheBuilder::new().url("redis://u:hunter2@[::1"), "url"),
+            (CacheBuilder::new().namespace(""), "namespace"),
+            (CacheBuilder::new().env_prefix("a b"), "env_prefix"),
+            (
+                CacheBuilder::new().ttl(Category::SESSIONS, Duration::ZERO),
+                "ttl",
+            ),
+            (
+                CacheBuilder::new().default_ttl(Duration::ZERO),
+                "default_ttl",
+            ),
+            (CacheBuilder::new().jitter(-0.1), "jitter"),
+            (CacheBuilder::new().op_timeout(Duration::ZERO), "op_timeout"),
+            (
+                CacheBuilder::new().breaker_threshold(0),
+                "breaker_threshold",
+            ),
+            (CacheBuilder::new().db(-1), "db"),
+            (
+                CacheBuilder::from_lookup(|k| (k == "REDIS_DB").then(|| "x".into())),
+                "REDIS_DB",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| (k == "CACHE_NAMESPACE").then(String::new)),
+                "namespace",
+            ),
+        ];
+        for (builder, setting) in cases {
+            let err = builder.build().await.unwrap_err();
+            assert!(err.is_config(), "{err}");
+            assert!(
+                err.to_string().contains(&format!("`{setting}`")),
+                "{setting}: {err}"
+            );
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+}

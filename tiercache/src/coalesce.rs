@@ -1,0 +1,228 @@
+//! Coalesced loading: at most one loader per key at a time in this process.
+//!
+//! The first caller for a key becomes the *leader*: it registers a flight and runs its loader.
+//! Callers that arrive while the flight is up become *waiters*: they wait for the leader's result
+//! (a value, or an error shared as `Arc<E>`) instead of running their own loader.
+//!
+//! # Cancellation
+//! If the leader's future is dropped before it finishes (its request was cancelled, or timed
+//! out), a guard removes the flight and drops its sender. Every waiter wakes up, and they race to
+//! register a new flight: one becomes the new leader and runs *its own* loader, the others wait
+//! for it. Nobody is stranded; the price is that the load runs again.
+//!
+//! Results travel type-erased (`Arc<dyn Any>`). If two callers use one key with different
+//! types, the waiter cannot use the leader's result and runs its own loader.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+type Shared = Arc<dyn Any + Send + Sync>;
+
+struct Flight {
+    id: u64,
+    tx: watch::Sender<Option<Shared>>,
+}
+
+/// The in-flight loads of one cache.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    /// A std mutex, not a tokio one: it is held only to look up or change the map, never across
+    /// an `.await`, so it cannot block the runtime.
+    flights: Mutex<HashMap<String, Flight>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").finish_non_exhaustive()
+    }
+}
+
+enum Role {
+    Lead(u64),
+    Wait(watch::Receiver<Option<Shared>>),
+}
+
+/// Removes the leader's flight when dropped, whether it finished or was cancelled.
+struct LeadGuard<'a> {
+    coalescer: &'a Coalescer,
+    key: &'a str,
+    id: u64,
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.coalescer.lock();
+        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+impl Coalescer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
+        // The map stays consistent even if a holder panicked: every change is a single insert
+        // or remove.
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `lead` for `key` unless a flight for `key` is already up, in which case its result
+    /// is awaited and cloned. `lead` is called at most once, and only by a leader.
+    pub(crate) async fn run<R, F, Fut>(&self, key: &str, lead: F) -> R
+    where
+        R: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let mut lead = Some(lead);
+        loop {
+            let role = {
+                let mut flights = self.lock();
+                match flights.get(key) {
+                    Some(flight) => Role::Wait(flight.tx.subscribe()),
+                    None => {
+                        let id = self.next_id.fetch_add(1, Relaxed);
+                        let (tx, _) = watch::channel(None);
+                        flights.insert(key.to_owned(), Flight { id, tx });
+                        Role::Lead(id)
+                    }
+                }
+            };
+            match role {
+                Role::Wait(mut rx) => {
+                    let shared = match rx.wait_for(Option::is_some).await {
+                        Ok(value) => value.clone(),
+                        // The leader was dropped without a result: race to lead.
+                        Err(_) => continue,
+                    };
+                    if let Some(r) = shared.as_ref().and_then(|s| s.downcast_ref::<R>()) {
+                        return r.clone();
+                    }
+                    // Another type under the same key: load for ourselves, uncoalesced.
+                    if let Some(f) = lead.take() {
+                        return f().await;
+                    }
+                }
+                Role::Lead(id) => {
+                    let guard = LeadGuard {
+                        coalescer: self,
+                        key,
+                        id,
+                    };
+                    let Some(f) = lead.take() else {
+                        // Unreachable: `lead` is only taken right before returning.
+                        continue;
+                    };
+                    let result = f().await;
+                    if let Some(flight) = self.lock().get(key).filter(|f| f.id == id) {
+                        flight.tx.send_replace(Some(Arc::new(result.clone())));
+                    }
+                    drop(guard);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Number of loads in flight (for tests and diagnostics).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Number of callers waiting on the flight for `key`.
+    #[cfg(test)]
+    pub(crate) fn waiters(&self, key: &str) -> usize {
+        self.lock().get(key).map_or(0, |f| f.tx.receiver_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_run() {
+        let c = Arc::new(Coalescer::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (go_tx, go_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (c, runs, mut go) = (c.clone(), runs.clone(), go_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                c.run("k", || async move {
+                    runs.fetch_add(1, Relaxed);
+                    // Hold the flight open until every caller has joined.
+                    let _ = go.wait_for(|g| *g).await;
+                    Ok::<u32, Arc<String>>(7)
+                })
+                .await
+            }));
+        }
+        // Wait (with a deadline) until the other 99 callers wait on the one flight.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while c.waiters("k") < 99 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "callers did not join"
+            );
+            tokio::task::yield_now().await;
+        }
+        go_tx.send_replace(true);
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(7));
+        }
+        assert_eq!(runs.load(Relaxed), 1);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn errors_are_shared_as_one_arc() {
+        let c = Coalescer::default();
+        let r: Result<u8, Arc<String>> = c
+            .run("k", || async { Err(Arc::new("boom".to_string())) })
+            .await;
+        assert_eq!(r.unwrap_err().as_str(), "boom");
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_leader_does_not_strand_waiters() {
+        let c = Arc::new(Coalescer::default());
+        let leader = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run("k", std::future::pending::<u32>).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while c.in_flight() == 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run("k", || async { 42u32 }).await })
+        };
+        while c.waiters("k") < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter did not join"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the waiter must wait for the leader");
+        leader.abort();
+        let v = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter stranded")
+            .unwrap();
+        assert_eq!(v, 42);
+        assert_eq!(c.in_flight(), 0);
+    }
+}

@@ -1,0 +1,415 @@
+//! Key building: the one place that turns names and untrusted input into Redis keys.
+//!
+//! Every key has the shape `{env}:{namespace}:{category}:{{parts}}`, for example
+//! `prod:scans:image_metadata:{bkimminich%2Fjuice-shop:latest}`.
+//!
+//! - `env` and `namespace` come from configuration and are validated at build time (letters,
+//!   digits, `_`, `-`, `.`), so the prefix is a literal that no glob can escape.
+//! - The category and every part are **encoded**: bytes outside `[A-Za-z0-9._-]` become `%XX`, an
+//!   empty part becomes `~`, and a part whose encoding is longer than [`MAX_PART_LEN`] becomes `#`
+//!   followed by the hex SHA-256 of the raw part. `%`, `~` and `#` are themselves always escaped,
+//!   so the mapping from (category, parts) to key is injective, an encoded part never contains the
+//!   `:` separator, and it never contains the glob metacharacters `* ? [ ] \`: user input can never
+//!   widen a SCAN pattern.
+//! - The parts are wrapped in a Redis Cluster hash tag `{...}`. Keys that a Lua script must touch
+//!   together (a value and its companions) are built from the same parts and so land in one slot;
+//!   `{` and `}` in input are escaped, so input cannot pick the slot.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Longest encoded part kept verbatim; longer parts are replaced by their SHA-256, so a key stays
+/// bounded in length whatever the input.
+pub const MAX_PART_LEN: usize = 64;
+
+/// Longest accepted `env` or `namespace`.
+const MAX_PREFIX_LEN: usize = 64;
+
+/// A data category: selects the TTL (see [`TtlPolicy`](crate::TtlPolicy)) and groups statistics.
+///
+/// The five categories of the scan-results design are provided as constants; any other name can
+/// be made with [`Category::new`] and given a TTL in the builder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Category(Cow<'static, str>);
+
+impl Category {
+    /// Scan results (default TTL 300 s).
+    pub const SCAN_RESULTS: Category = Category::from_static("scan_results");
+    /// Vulnerability lists (default TTL 600 s).
+    pub const VULNERABILITIES: Category = Category::from_static("vulnerabilities");
+    /// Image metadata (default TTL 900 s).
+    pub const IMAGE_METADATA: Category = Category::from_static("image_metadata");
+    /// Expensive analysis results (default TTL 1800 s).
+    pub const ANALYSIS: Category = Category::from_static("analysis");
+    /// Sessions (default TTL 86400 s).
+    pub const SESSIONS: Category = Category::from_static("sessions");
+
+    /// A category from a static name, usable in `const` items.
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+
+    /// A category from any name. The name is encoded like any key part, so it is always safe.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The category's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a metrics label; free for categories made from static names.
+    pub(crate) fn label(&self) -> Cow<'static, str> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A complete Redis key, built by [`KeySpace::key`]. It remembers its category so that the cache
+/// can pick the TTL and count hits per category.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    full: String,
+    category: Category,
+}
+
+impl Key {
+    /// The key as sent to Redis.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The key's category.
+    pub fn category(&self) -> &Category {
+        &self.category
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// A SCAN `MATCH` pattern that is confined to one key space: it always starts with the literal
+/// `{env}:{namespace}:` prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// The pattern as sent to Redis.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The key space of one cache: the `{env}:{namespace}:` prefix and the rules for what follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySpace {
+    /// `"{env}:{namespace}:"`, validated to hold no glob metacharacter.
+    prefix: String,
+}
+
+impl KeySpace {
+    /// A key space for `env` (such as `prod`) and `namespace` (such as `scan-api`).
+    ///
+    /// Both must be 1 to 64 characters of `[A-Za-z0-9_.-]`; the error names the setting.
+    pub fn new(env: &str, namespace: &str) -> Result<Self> {
+        validate_prefix_part("env_prefix", env)?;
+        validate_prefix_part("namespace", namespace)?;
+        Ok(Self {
+            prefix: format!("{env}:{namespace}:"),
+        })
+    }
+
+    /// The literal prefix every key of this space starts with, `"{env}:{namespace}:"`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key for `category` and `parts`. Parts may be any untrusted text.
+    pub fn key<I, P>(&self, category: &Category, parts: I) -> Key
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        let mut full = self.category_prefix(category);
+        full.push('{');
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                full.push(':');
+            }
+            encode_part(part.as_ref(), &mut full);
+        }
+        full.push('}');
+        Key {
+            full,
+            category: category.clone(),
+        }
+    }
+
+    /// Matches every key of `category` whose parts start with `leading` (all of that category
+    /// when `leading` is empty). `leading` is untrusted text, matched literally.
+    pub fn pattern<I, P>(&self, category: &Category, leading: I) -> Pattern
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        let mut pat = self.category_prefix(category);
+        pat.push('{');
+        let mut any = false;
+        for (i, part) in leading.into_iter().enumerate() {
+            if i > 0 {
+                pat.push(':');
+            }
+            encode_part(part.as_ref(), &mut pat);
+            any = true;
+        }
+        if any {
+            // The leading parts end either the key (`}`) or a part (`:`), never mid-part.
+            pat.push_str("[:}]");
+        }
+        pat.push('*');
+        Pattern(pat)
+    }
+
+    /// Matches every key of this key space (the namespace), and nothing outside it.
+    pub fn namespace_pattern(&self) -> Pattern {
+        Pattern(format!("{}*", self.prefix))
+    }
+
+    /// A caller-supplied glob (for an admin "list keys" route), confined to this key space: the
+    /// result is the literal prefix followed by `glob`, so it can only match keys of this
+    /// namespace, whatever `glob` holds.
+    pub fn glob(&self, glob: &str) -> Pattern {
+        Pattern(format!("{}{glob}", self.prefix))
+    }
+
+    /// True if `key` belongs to this key space.
+    pub fn contains(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+
+    fn category_prefix(&self, category: &Category) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + category.name().len() + 40);
+        s.push_str(&self.prefix);
+        encode_part(category.name(), &mut s);
+        s.push(':');
+        s
+    }
+}
+
+fn validate_prefix_part(setting: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::config(setting, "must not be empty"));
+    }
+    if value.len() > MAX_PREFIX_LEN {
+        return Err(Error::config(
+            setting,
+            format!("must be at most {MAX_PREFIX_LEN} characters"),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| !is_unreserved(*c)) {
+        return Err(Error::config(
+            setting,
+            format!("{value:?} contains {c:?}; use only letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_unreserved(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// Appends the encoding of one part (see the module docs) to `out`.
+fn encode_part(part: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if part.is_empty() {
+        out.push('~');
+        return;
+    }
+    let encoded_len: usize = part
+        .bytes()
+        .map(|b| if is_unreserved(b as char) { 1 } else { 3 })
+        .sum();
+    if encoded_len > MAX_PART_LEN {
+        out.push('#');
+        for b in Sha256::digest(part.as_bytes()) {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+        return;
+    }
+    for b in part.bytes() {
+        if is_unreserved(b as char) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn space() -> KeySpace {
+        KeySpace::new("test", "ns").unwrap()
+    }
+
+    /// Minimal glob matcher with Redis semantics for `*`, `?`, `[...]` and `\`, used to check
+    /// patterns without a server.
+    fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+        match pat.first() {
+            None => s.is_empty(),
+            Some(b'*') => (0..=s.len()).any(|i| glob_match(&pat[1..], &s[i..])),
+            Some(b'?') => !s.is_empty() && glob_match(&pat[1..], &s[1..]),
+            Some(b'[') => {
+                let Some(end) = pat.iter().position(|&c| c == b']') else {
+                    return false;
+                };
+                !s.is_empty() && pat[1..end].contains(&s[0]) && glob_match(&pat[end + 1..], &s[1..])
+            }
+            Some(b'\\') if pat.len() > 1 => {
+                !s.is_empty() && s[0] == pat[1] && glob_match(&pat[2..], &s[1..])
+            }
+            Some(&c) => !s.is_empty() && s[0] == c && glob_match(&pat[1..], &s[1..]),
+        }
+    }
+
+    #[test]
+    fn shape_of_a_key() {
+        let k = space().key(&Category::IMAGE_METADATA, ["bkimminich/juice-shop", "v1"]);
+        assert_eq!(
+            k.as_str(),
+            "test:ns:image_metadata:{bkimminich%2Fjuice-shop:v1}"
+        );
+        assert_eq!(k.category(), &Category::IMAGE_METADATA);
+    }
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        let k = space().key(&Category::SCAN_RESULTS, ["*?[]\\{}:"]);
+        assert_eq!(
+            k.as_str(),
+            "test:ns:scan_results:{%2A%3F%5B%5D%5C%7B%7D%3A}"
+        );
+    }
+
+    #[test]
+    fn empty_and_long_parts() {
+        let s = space();
+        assert_eq!(
+            s.key(&Category::SESSIONS, [""]).as_str(),
+            "test:ns:sessions:{~}"
+        );
+        assert_eq!(
+            s.key(&Category::SESSIONS, Vec::<&str>::new()).as_str(),
+            "test:ns:sessions:{}"
+        );
+        let long = "x".repeat(1000);
+        let k = s.key(&Category::SESSIONS, [long.as_str()]);
+        assert_eq!(k.as_str().len(), "test:ns:sessions:{#}".len() + 64);
+    }
+
+    #[test]
+    fn prefix_validation_names_the_setting() {
+        let e = KeySpace::new("", "ns").unwrap_err();
+        assert!(e.to_string().contains("env_prefix"), "{e}");
+        let e = KeySpace::new("prod", "a*b").unwrap_err();
+        assert!(e.is_config());
+        assert!(e.to_string().contains("namespace"), "{e}");
+        assert!(KeySpace::new("prod", &"n".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn pattern_matches_exact_and_longer_but_not_siblings() {
+        let s = space();
+        let p = s.pattern(&Category::IMAGE_METADATA, ["a"]);
+        let m = |parts: &[&str]| {
+            glob_match(
+                p.as_str().as_bytes(),
+                s.key(&Category::IMAGE_METADATA, parts).as_str().as_bytes(),
+            )
+        };
+        assert!(m(&["a"]));
+        assert!(m(&["a", "v1"]));
+        assert!(!m(&["ab"]));
+        assert!(!m(&["b", "a"]));
+        assert!(!glob_match(
+            p.as_str().as_bytes(),
+            s.key(&Category::SCAN_RESULTS, ["a"]).as_str().as_bytes()
+        ));
+    }
+
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z*?\\[\\]\\\\{}:%~#/ ]{0,12}",
+            any::<String>(),
+            "[a-z]{60,80}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Different (category, parts) never give the same key.
+        #[test]
+        fn keys_are_injective(
+            c1 in "[a-z:*]{1,6}", p1 in prop::collection::vec(part(), 0..4),
+            c2 in "[a-z:*]{1,6}", p2 in prop::collection::vec(part(), 0..4),
+        ) {
+            let s = space();
+            let k1 = s.key(&Category::new(c1.clone()), &p1);
+            let k2 = s.key(&Category::new(c2.clone()), &p2);
+            prop_assert_eq!(k1.as_str() == k2.as_str(), c1 == c2 && p1 == p2);
+        }
+
+        /// Every key starts with the prefix, holds no glob metacharacter after it, and has a
+        /// bounded length.
+        #[test]
+        fn keys_stay_under_their_prefix(c in any::<String>(), parts in prop::collection::vec(part(), 0..6)) {
+            let s = space();
+            let k = s.key(&Category::new(c), &parts);
+            prop_assert!(k.as_str().starts_with("test:ns:"));
+            let rest = &k.as_str()["test:ns:".len()..];
+            prop_assert!(!rest.contains(['*', '?', '[', ']', '\\']));
+            prop_assert!(rest.len() <= (MAX_PART_LEN + 1) * (parts.len() + 1) + parts.len() + 3);
+            prop_assert!(glob_match(s.namespace_pattern().as_str().as_bytes(), k.as_str().as_bytes()));
+        }
+
+        /// A pattern built from untrusted leading parts matches a key exactly when the key's parts
+        /// start with them.
+        #[test]
+        fn patterns_match_exactly_their_prefix(
+            lead in prop::collection::vec(part(), 1..3),
+            parts in prop::collection::vec(part(), 0..4),
+        ) {
+            let s = space();
+            let p = s.pattern(&Category::SCAN_RESULTS, &lead);
+            let k = s.key(&Category::SCAN_RESULTS, &parts);
+            let expected = parts.len() >= lead.len() && parts[..lead.len()] == lead[..];
+            prop_assert_eq!(glob_match(p.as_str().as_bytes(), k.as_str().as_bytes()), expected);
+        }
+    }
+}

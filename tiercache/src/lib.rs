@@ -1,0 +1,67 @@
+//! tiercache: a cache layer for Rust backends that puts Redis between a service and its
+//! database, and never fails its caller.
+//!
+//! Repeated reads stop reaching the database; when Redis is absent, slow, hung or restarting,
+//! every call still answers within a bounded time and the service serves from its database.
+//!
+//! # Examples
+//! ```no_run
+//! use tiercache::{Cache, Category};
+//!
+//! # async fn load_image_from_db(name: &str) -> Result<String, std::io::Error> { Ok(name.into()) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Cache::builder().env_prefix("prod").namespace("scan-api").build().await?;
+//! let key = cache.key(&Category::IMAGE_METADATA, ["bkimminich/juice-shop"]);
+//! // One load per key at a time; later calls are served from Redis until the TTL or an
+//! // invalidation.
+//! let image = cache
+//!     .try_get_with(&key, load_image_from_db("bkimminich/juice-shop"))
+//!     .await?;
+//! cache.invalidate(&key).await;
+//! # let _ = image; Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `cache`: the [`Cache`] handle: `get`, `get_with` / `try_get_with`, `insert`, `invalidate`,
+//!   batches, stats.
+//! - `builder`: [`CacheBuilder`], every setting validated in one place.
+//! - `remote`: the only module that issues Redis commands; timeouts and the breaker wrap each.
+//! - `breaker`: the circuit breaker; `probe`: the background task that closes it again.
+//! - `coalesce`: one loader per key at a time.
+//! - `invalidation`: invalidations owed to Redis after a failure, replayed before reads resume.
+//! - `key`: key and pattern building from untrusted input; `ttl`: per-category TTL with jitter.
+//! - `codec`: the versioned, optionally compressed value envelope.
+//! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
+//!
+//! # Feature flags
+//! None yet: TLS (`rediss://`) and Redis Cluster will arrive as features of their own.
+//!
+//! # Failure model
+//! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`
+//! consecutive failures the breaker opens and calls skip Redis entirely (a few nanoseconds); a
+//! background probe PINGs every `breaker_cooldown` and closes it when Redis answers. A failed
+//! invalidation opens the breaker at once and is replayed before the breaker closes, so a value
+//! invalidated by an acknowledged write is never served.
+
+mod breaker;
+mod builder;
+mod cache;
+mod coalesce;
+mod codec;
+mod error;
+mod invalidation;
+mod key;
+mod log_limiter;
+mod probe;
+mod remote;
+mod stats;
+mod ttl;
+
+pub use builder::{CacheBuilder, DEFAULT_URL};
+pub use cache::Cache;
+pub use codec::{Codec, ENVELOPE_VERSION};
+pub use error::{Error, Result};
+pub use invalidation::MAX_PENDING;
+pub use key::{Category, Key, KeySpace, MAX_PART_LEN, Pattern};
+pub use stats::{CategoryStats, Stats};
+pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, DEFAULT_TTLS, TtlPolicy};

@@ -1,0 +1,70 @@
+//! The background recovery task: reconnects the cache to Redis after an outage.
+//!
+//! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
+//! When Redis answers, it replays the invalidations that were lost during the outage and only
+//! then closes the breaker, so the cache never serves a value that an acknowledged write
+//! invalidated. With the defaults the first hit after Redis returns follows within about 300 ms.
+//!
+//! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
+//! it, so nothing outlives the cache (or leaks from one test into the next).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::invalidation::PendingInvalidations;
+use crate::remote::Remote;
+
+/// Aborts the task it holds when dropped.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the recovery task.
+pub(crate) fn spawn(
+    remote: Arc<Remote>,
+    pending: Arc<PendingInvalidations>,
+    cooldown: Duration,
+) -> TaskGuard {
+    TaskGuard(tokio::spawn(recover_forever(remote, pending, cooldown)))
+}
+
+async fn recover_forever(
+    remote: Arc<Remote>,
+    pending: Arc<PendingInvalidations>,
+    cooldown: Duration,
+) {
+    loop {
+        remote.breaker.wait_open().await;
+        let outage = Instant::now();
+        loop {
+            tokio::time::sleep(cooldown).await;
+            let Ok(rtt) = remote.probe().await else {
+                continue;
+            };
+            if pending.replay(&remote).await.is_err() {
+                continue;
+            }
+            remote.breaker.close();
+            // Invalidations recorded while we were closing are applied now; callers that record
+            // one after this point see the breaker closed and apply it themselves.
+            if !pending.is_empty() && pending.replay(&remote).await.is_err() {
+                remote.breaker.trip();
+                continue;
+            }
+            tracing::info!(
+                addr = %remote.addr,
+                rtt_us = rtt.as_micros() as u64,
+                outage_ms = outage.elapsed().as_millis() as u64,
+                "redis answers again; circuit breaker closed"
+            );
+            break;
+        }
+    }
+}

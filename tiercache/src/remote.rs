@@ -1,0 +1,401 @@
+//! L2: the only module that issues Redis commands.
+//!
+//! One [`redis::aio::ConnectionManager`] carries every command: a single multiplexed connection
+//! that reconnects by itself, which is what redis-rs recommends over a pool for async use. Its own
+//! retries are tuned down (one quick retry) because its defaults would block a call for seconds
+//! during an outage.
+//!
+//! Every call goes through [`Remote::call`], which
+//! 1. skips Redis at once while the [`Breaker`] is open,
+//! 2. bounds the call by the per-operation timeout (default 50 ms), so a hung Redis (SIGSTOP,
+//!    network partition) never holds a caller longer than that, and
+//! 3. records the outcome: successes close the failure streak; connection errors and timeouts
+//!    count towards opening the breaker and are logged at most once per interval.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionInfo, RedisResult};
+
+use crate::breaker::Breaker;
+use crate::error::{Error, Result};
+use crate::key::Pattern;
+use crate::log_limiter::LogLimiter;
+use crate::stats::Counters;
+
+/// What the cache reads from Redis `INFO`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ServerInfo {
+    pub(crate) evicted_keys: Option<u64>,
+    pub(crate) used_memory: Option<u64>,
+    pub(crate) used_memory_human: Option<String>,
+}
+
+/// Connection settings, validated by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteConfig {
+    pub(crate) info: ConnectionInfo,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) scan_count: usize,
+}
+
+/// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its probe task.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    /// Cheap to clone (an `Arc` inside); each call clones it because commands need `&mut`.
+    conn: ConnectionManager,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    scan_count: usize,
+    pub(crate) breaker: Breaker,
+    counters: Arc<Counters>,
+    failure_log: LogLimiter,
+    /// `host:port/db` (and user), never the password: safe to log.
+    pub(crate) addr: String,
+}
+
+impl Remote {
+    /// Creates the connection manager without waiting for a connection; the first command (the
+    /// start-up probe) connects. Fails only for settings the driver rejects.
+    pub(crate) fn new(config: RemoteConfig, counters: Arc<Counters>) -> Result<Self> {
+        let addr = describe(&config.info);
+        let client = Client::open(config.info).map_err(|e| Error::config("url", e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            // Our own per-operation timeout bounds every call; the driver's would only add a
+            // second, longer one.
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| Error::config("url", e.to_string()))?;
+        Ok(Self {
+            conn,
+            op_timeout: config.op_timeout,
+            connect_timeout: config.connect_timeout,
+            scan_count: config.scan_count,
+            // Closed until the start-up probe says otherwise.
+            breaker: Breaker::new(config.breaker_threshold, false),
+            counters,
+            failure_log: LogLimiter::new(Duration::from_secs(5)),
+            addr,
+        })
+    }
+
+    /// Runs one Redis call under the breaker and the per-operation timeout.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.is_closed() {
+            self.counters.short_circuit();
+            return Err(Error::Unavailable);
+        }
+        self.call_unguarded(op, self.op_timeout, f).await
+    }
+
+    /// Like [`call`](Self::call) but ignores the breaker: for the probe that decides whether to
+    /// close it, and for replaying lost invalidations before it closes.
+    async fn call_unguarded<T, F, Fut>(&self, op: &'static str, limit: Duration, f: F) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(limit, f(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                self.breaker.record_success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.counters.error();
+                let err = Error::Redis(e);
+                self.failed(op, &err);
+                Err(err)
+            }
+            Err(_) => {
+                self.counters.timeout();
+                let err = Error::Timeout(limit);
+                self.failed(op, &err);
+                Err(err)
+            }
+        }
+    }
+
+    fn failed(&self, op: &'static str, err: &Error) {
+        if let Some(suppressed) = self.failure_log.check() {
+            tracing::warn!(op, error = %err, suppressed, addr = %self.addr, "redis call failed; serving without the cache");
+        }
+        if err.is_unreachable() && self.breaker.record_failure() {
+            tracing::warn!(addr = %self.addr, "circuit breaker opened: redis calls paused until it answers again");
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.call("GET", |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `MGET`: one round trip for many keys.
+    pub(crate) async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call("MGET", |mut c| async move {
+            redis::cmd("MGET").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `SET key value PX ttl`: value and expiry in one command, never a separate EXPIRE.
+    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let ms = ttl_millis(ttl);
+        self.call("SET", |mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Many `SET PX` in one pipeline: one round trip.
+    pub(crate) async fn set_many(&self, entries: &[(&str, Vec<u8>, Duration)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.call("SET (pipeline)", |mut c| async move {
+            let mut pipe = redis::pipe();
+            for (key, value, ttl) in entries {
+                pipe.cmd("SET")
+                    .arg(*key)
+                    .arg(value.as_slice())
+                    .arg("PX")
+                    .arg(ttl_millis(*ttl))
+                    .ignore();
+            }
+            pipe.exec_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `UNLINK`: returns how many of `keys` existed.
+    pub(crate) async fn unlink(&self, keys: &[&str]) -> Result<u64> {
+        self.call("UNLINK", |mut c| async move {
+            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
+        self.call("EXISTS", |mut c| async move {
+            redis::cmd("EXISTS").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Remaining TTL; `None` if the key is absent or never expires.
+    pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Duration>> {
+        let ms: i64 = self
+            .call("PTTL", |mut c| async move {
+                redis::cmd("PTTL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    /// Size in bytes of the value at `key` (`STRLEN`); 0 if absent.
+    pub(crate) async fn strlen(&self, key: &str) -> Result<u64> {
+        self.call("STRLEN", |mut c| async move {
+            redis::cmd("STRLEN").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// One `SCAN cursor MATCH pattern COUNT n` page.
+    async fn scan_page(
+        &self,
+        cursor: u64,
+        pattern: &Pattern,
+        guarded: bool,
+    ) -> Result<(u64, Vec<String>)> {
+        let count = self.scan_count;
+        let f = |mut c: ConnectionManager| async move {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern.as_str())
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c)
+                .await
+        };
+        if guarded {
+            self.call("SCAN", f).await
+        } else {
+            self.call_unguarded("SCAN", self.connect_timeout, f).await
+        }
+    }
+
+    /// Deletes every key matching `pattern`: SCAN with COUNT, then UNLINK each page's keys (never
+    /// KEYS, which blocks Redis). Returns how many keys were removed. `guarded: false` ignores
+    /// the breaker (for replaying invalidations during recovery).
+    pub(crate) async fn unlink_matching(&self, pattern: &Pattern, guarded: bool) -> Result<u64> {
+        let mut cursor = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor, pattern, guarded).await?;
+            if !keys.is_empty() {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                removed += if guarded {
+                    self.unlink(&refs).await?
+                } else {
+                    self.unlink_unguarded(&refs).await?
+                };
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Keys matching `pattern`, up to `limit`, without duplicates (SCAN may repeat a key).
+    pub(crate) async fn scan_keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
+        let mut cursor = 0;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        loop {
+            let (next, keys) = self.scan_page(cursor, pattern, true).await?;
+            for k in keys {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if seen.insert(k.clone()) {
+                    out.push(k);
+                }
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// How many keys match `pattern`, counted with SCAN so Redis is never blocked.
+    pub(crate) async fn count_matching(&self, pattern: &Pattern) -> Result<u64> {
+        let keys = self.scan_keys(pattern, usize::MAX).await?;
+        Ok(keys.len() as u64)
+    }
+
+    pub(crate) async fn unlink_unguarded(&self, keys: &[&str]) -> Result<u64> {
+        self.call_unguarded("UNLINK", self.connect_timeout, |mut c| async move {
+            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// `INFO memory` and `INFO stats`, parsed for the fields the stats report.
+    pub(crate) async fn info(&self) -> Result<ServerInfo> {
+        let text: String = self
+            .call("INFO", |mut c| async move {
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .arg("stats")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(parse_info(&text))
+    }
+
+    /// PING through the breaker, returning the round-trip time.
+    pub(crate) async fn ping(&self) -> Result<Duration> {
+        let start = Instant::now();
+        self.call("PING", |mut c| async move {
+            redis::cmd("PING").exec_async(&mut c).await
+        })
+        .await?;
+        Ok(start.elapsed())
+    }
+
+    /// PING that ignores the breaker and may take up to the connect timeout (it may have to
+    /// reconnect): used at start-up and by the recovery probe.
+    pub(crate) async fn probe(&self) -> Result<Duration> {
+        let start = Instant::now();
+        self.call_unguarded("PING", self.connect_timeout, |mut c| async move {
+            redis::cmd("PING").exec_async(&mut c).await
+        })
+        .await?;
+        Ok(start.elapsed())
+    }
+}
+
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `host:port/db`, with the user name if there is one; never the password.
+fn describe(info: &ConnectionInfo) -> String {
+    let redis = info.redis_settings();
+    match redis.username() {
+        Some(user) => format!("{user}@{}/{}", info.addr(), redis.db()),
+        None => format!("{}/{}", info.addr(), redis.db()),
+    }
+}
+
+fn parse_info(text: &str) -> ServerInfo {
+    let mut out = ServerInfo::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.trim_end().split_once(':') else {
+            continue;
+        };
+        match k {
+            "evicted_keys" => out.evicted_keys = v.parse().ok(),
+            "used_memory" => out.used_memory = v.parse().ok(),
+            "used_memory_human" => out.used_memory_human = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_parsed() {
+        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# Stats\r\nevicted_keys:7\r\n";
+        assert_eq!(
+            parse_info(text),
+            ServerInfo {
+                evicted_keys: Some(7),
+                used_memory: Some(1_048_576),
+                used_memory_human: Some("1.00M".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn the_address_never_shows_the_password() {
+        let info: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(
+            "redis://alice:s3cret@127.0.0.1:6390/2",
+        )
+        .unwrap();
+        let d = describe(&info);
+        assert_eq!(d, "alice@127.0.0.1:6390/2");
+        assert!(!d.contains("s3cret"));
+    }
+}

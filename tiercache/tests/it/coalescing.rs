@@ -1,0 +1,142 @@
+//! One loader per key at a time: shared values, shared errors, and cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tiercache::Category;
+use tiercache_testkit::RedisServer;
+
+use crate::helpers::{cache, wait_until};
+
+async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Stats) {
+    let cache = cache(server).await;
+    let key = cache.key(&Category::ANALYSIS, ["cold"]);
+    let runs = Arc::new(AtomicU32::new(0));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (cache, key, runs) = (cache.clone(), key.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_with(&key, async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        vec![42u64; 100]
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), vec![42u64; 100]);
+    }
+    (runs.load(Ordering::SeqCst), cache.stats().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_callers_on_a_cold_key_run_the_loader_once() {
+    let server = RedisServer::start();
+    let (runs, stats) = thousand_callers_one_load(&server).await;
+    assert_eq!(runs, 1);
+    assert_eq!(stats.loader_runs, 1);
+    assert_eq!(stats.sets, 1);
+    assert_eq!(stats.hits + stats.misses, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_coalesce_without_redis_too() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let (runs, stats) = thousand_callers_one_load(&server).await;
+    assert_eq!(runs, 1);
+    assert_eq!(stats.sets, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_shared_with_every_waiter_and_not_cached() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::ANALYSIS, ["failing"]);
+    let runs = Arc::new(AtomicU32::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, key, runs) = (cache.clone(), key.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .try_get_with(&key, async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<u32, _>(std::io::Error::other("database down"))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.push(t.await.unwrap().unwrap_err());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(
+        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        "one shared Arc<E>"
+    );
+    assert_eq!(errors[0].to_string(), "database down");
+    // The error was not cached: the next call loads again.
+    let v = cache
+        .try_get_with(&key, async { Ok::<_, std::io::Error>(5u32) })
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(cache.get::<u32>(&key).await, Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_does_not_strand_its_waiters() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::ANALYSIS, ["cancelled"]);
+    let leader_started = Arc::new(AtomicU32::new(0));
+    let leader = {
+        let (cache, key, started) = (cache.clone(), key.clone(), leader_started.clone());
+        tokio::spawn(async move {
+            cache
+                .get_with(&key, async {
+                    started.store(1, Ordering::SeqCst);
+                    std::future::pending::<u32>().await
+                })
+                .await
+        })
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the leader to start loading",
+        || async { leader_started.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move { cache.get_with(&key, async { 9u32 }).await })
+        })
+        .collect();
+    // Give the waiters time to join the flight, then cancel the leader.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "waiters wait for the leader"
+    );
+    leader.abort();
+    for w in waiters {
+        let v = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("waiter stranded")
+            .unwrap();
+        assert_eq!(v, 9);
+    }
+    assert_eq!(
+        cache.stats().await.loader_runs,
+        2,
+        "the cancelled load and one replacement"
+    );
+}

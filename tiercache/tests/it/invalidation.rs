@@ -1,0 +1,193 @@
+//! Invalidation by key, by pattern (SCAN + UNLINK across many pages) and by namespace, and
+//! invalidations that survive an outage.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tiercache::Category;
+use tiercache_testkit::RedisServer;
+
+use crate::helpers::{builder, cache, command_calls, dbsize, wait_until};
+
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_string()),
+        Just("a*".to_string()),
+        Just("a?".to_string()),
+        Just("[a]".to_string()),
+        Just("a\\".to_string()),
+        Just("ab".to_string()),
+        "[a-c*?\\[\\]]{1,3}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Invalidating one image's keys removes exactly them, across many SCAN pages, and nothing
+    /// of other images (even with glob characters in names), other categories, other
+    /// namespaces, or outside the cache.
+    #[test]
+    fn pattern_invalidation_removes_exactly_the_matching_keys(
+        images in prop::collection::btree_set(name(), 2..5),
+        per_image in 30usize..120,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = RedisServer::start();
+        rt.block_on(async {
+            // A small COUNT forces many SCAN pages.
+            let cache = builder(&server).scan_count(7).build().await.unwrap();
+            let other_ns = builder(&server).build().await.unwrap();
+            server.command(&["SET", "unrelated", "1"]).unwrap();
+            let images: Vec<String> = images.into_iter().collect();
+            for image in &images {
+                let entries: Vec<_> = (0..per_image)
+                    .map(|i| (cache.key(&Category::IMAGE_METADATA, [image.as_str(), &i.to_string()]), i))
+                    .collect();
+                cache.insert_many(&entries).await;
+                cache.insert(&cache.key(&Category::IMAGE_METADATA, [image.as_str()]), &0).await;
+                cache.insert(&cache.key(&Category::SCAN_RESULTS, [image.as_str()]), &0).await;
+                other_ns.insert(&other_ns.key(&Category::IMAGE_METADATA, [image.as_str()]), &0).await;
+            }
+            let target = &images[0];
+            let before = dbsize(&server);
+            let removed = cache
+                .invalidate_pattern(&cache.key_space().pattern(&Category::IMAGE_METADATA, [target]))
+                .await
+                .unwrap();
+            prop_assert_eq!(removed, per_image as u64 + 1);
+            prop_assert_eq!(dbsize(&server), before - removed);
+            for image in &images {
+                let gone = image == target;
+                prop_assert_eq!(cache.contains(&cache.key(&Category::IMAGE_METADATA, [image.as_str()])).await.unwrap(), !gone);
+                prop_assert_eq!(cache.contains(&cache.key(&Category::IMAGE_METADATA, [image.as_str(), "0"])).await.unwrap(), !gone);
+                prop_assert!(cache.contains(&cache.key(&Category::SCAN_RESULTS, [image.as_str()])).await.unwrap());
+                prop_assert!(other_ns.contains(&other_ns.key(&Category::IMAGE_METADATA, [image.as_str()])).await.unwrap());
+            }
+            prop_assert_eq!(command_calls(&server, "keys"), 0, "KEYS must never be used");
+            prop_assert!(command_calls(&server, "scan") > 5, "many SCAN pages");
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn clear_removes_this_namespace_only() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let other = cache_with_same_env(&server).await;
+    let entries: Vec<_> = (0..2500)
+        .map(|i| (cache.key(&Category::SESSIONS, [i.to_string()]), i))
+        .collect();
+    cache.insert_many(&entries).await;
+    other
+        .insert(&other.key(&Category::SESSIONS, ["keep"]), &1)
+        .await;
+    server.command(&["SET", "outside", "1"]).unwrap();
+    assert_eq!(cache.stats().await.keys, Some(2500));
+    assert_eq!(cache.clear().await.unwrap(), 2500);
+    assert_eq!(dbsize(&server), 2);
+    assert_eq!(cache.stats().await.keys, Some(0));
+    assert_eq!(other.stats().await.keys, Some(1));
+    for cmd in ["flushdb", "flushall", "keys"] {
+        assert_eq!(command_calls(&server, cmd), 0, "{cmd} must never be used");
+    }
+}
+
+async fn cache_with_same_env(server: &RedisServer) -> tiercache::Cache {
+    builder(server).build().await.unwrap()
+}
+
+#[tokio::test]
+async fn patterns_from_another_namespace_are_refused() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let other = cache_with_same_env(&server).await;
+    let err = cache
+        .invalidate_pattern(&other.key_space().namespace_pattern())
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    // A user glob is confined to the namespace.
+    other
+        .insert(&other.key(&Category::SESSIONS, ["x"]), &1)
+        .await;
+    let found = cache.keys(&cache.key_space().glob("*"), 100).await.unwrap();
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// An invalidation that cannot reach Redis (hung) is not lost: once Redis answers, it is
+/// applied before any value is read from Redis again, so the stale value is never served.
+#[tokio::test]
+async fn an_invalidation_during_an_outage_is_applied_before_reads_resume() {
+    let mut server = RedisServer::start();
+    let cache = builder(&server)
+        .op_timeout(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let key = cache.key(&Category::SCAN_RESULTS, ["stale"]);
+    let pattern_key = cache.key(&Category::IMAGE_METADATA, ["img", "1"]);
+    cache.insert(&key, &"old").await;
+    cache.insert(&pattern_key, &"old").await;
+    server.pause();
+    cache.invalidate(&key).await;
+    assert!(
+        !cache.is_connected(),
+        "a lost invalidation stops reads from Redis at once"
+    );
+    assert!(
+        cache
+            .invalidate_pattern(
+                &cache
+                    .key_space()
+                    .pattern(&Category::IMAGE_METADATA, ["img"])
+            )
+            .await
+            .is_err()
+    );
+    // The source changed; while Redis is away we serve the source.
+    assert_eq!(
+        cache.get_with(&key, async { "new".to_string() }).await,
+        "new"
+    );
+    server.resume();
+    wait_until(Duration::from_secs(2), "the cache to reconnect", || async {
+        cache.is_connected()
+    })
+    .await;
+    assert_eq!(
+        cache.get::<String>(&key).await,
+        None,
+        "the stale value was removed"
+    );
+    assert_eq!(cache.get::<String>(&pattern_key).await, None);
+    assert_eq!(dbsize(&server), 0);
+}
+
+#[tokio::test]
+async fn invalidations_are_logged_with_counts() {
+    // The count is returned and counted; the log line carries the same number.
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let names: BTreeSet<String> = (0..10).map(|i| format!("n{i}")).collect();
+    for n in &names {
+        cache
+            .insert(&cache.key(&Category::VULNERABILITIES, [n.as_str()]), &1)
+            .await;
+    }
+    cache
+        .invalidate(&cache.key(&Category::VULNERABILITIES, ["n0"]))
+        .await;
+    let removed = cache
+        .invalidate_pattern(
+            &cache
+                .key_space()
+                .pattern(&Category::VULNERABILITIES, Vec::<&str>::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 9);
+    assert_eq!(cache.stats().await.deletes, 10);
+}

@@ -1,0 +1,253 @@
+//! Typed operations: round trips, TTLs, batches, decode failures, and the cache-aside property.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use tiercache::{Category, Codec};
+use tiercache_testkit::RedisServer;
+
+use crate::helpers::{builder, cache, command_calls, dbsize, wait_until};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Scan {
+    id: u64,
+    image: String,
+    counts: Vec<(String, u32)>,
+}
+
+fn scan(id: u64) -> Scan {
+    Scan {
+        id,
+        image: format!("img/{id}"),
+        counts: vec![("CRITICAL".into(), 1), ("HIGH".into(), id as u32)],
+    }
+}
+
+#[tokio::test]
+async fn insert_then_get_round_trips_typed_values() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::SCAN_RESULTS, ["1"]);
+    assert_eq!(cache.get::<Scan>(&key).await, None);
+    assert!(!cache.contains(&key).await.unwrap());
+    cache.insert(&key, &scan(1)).await;
+    assert_eq!(cache.get::<Scan>(&key).await, Some(scan(1)));
+    assert!(cache.contains(&key).await.unwrap());
+    cache.invalidate(&key).await;
+    assert_eq!(cache.get::<Scan>(&key).await, None);
+}
+
+#[tokio::test]
+async fn every_codec_round_trips_and_reads_the_others() {
+    let server = RedisServer::start();
+    let ns = crate::helpers::unique_namespace();
+    let mut caches = Vec::new();
+    for codec in [Codec::Postcard, Codec::MessagePack, Codec::Json] {
+        caches.push(
+            builder(&server)
+                .namespace(ns.clone())
+                .codec(codec)
+                .build()
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, writer) in caches.iter().enumerate() {
+        let key = writer.key(&Category::SCAN_RESULTS, [i.to_string()]);
+        writer.insert(&key, &scan(i as u64)).await;
+        for reader in &caches {
+            assert_eq!(reader.get::<Scan>(&key).await, Some(scan(i as u64)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn values_are_written_with_their_expiry_in_one_set() {
+    let server = RedisServer::start();
+    let cache = builder(&server)
+        .ttl(Category::SCAN_RESULTS, Duration::from_secs(300))
+        .jitter(0.1)
+        .build()
+        .await
+        .unwrap();
+    let key = cache.key(&Category::SCAN_RESULTS, ["ttl"]);
+    cache.insert(&key, &scan(2)).await;
+    let ttl = cache.ttl(&key).await.unwrap().expect("a TTL");
+    assert!(
+        ttl > Duration::from_secs(260) && ttl <= Duration::from_secs(330),
+        "{ttl:?}"
+    );
+    assert_eq!(command_calls(&server, "set"), 1);
+    for cmd in ["expire", "pexpire"] {
+        assert_eq!(command_calls(&server, cmd), 0, "{cmd} must never be used");
+    }
+    let missing = cache.key(&Category::SCAN_RESULTS, ["missing"]);
+    assert_eq!(cache.ttl(&missing).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn after_the_ttl_a_fresh_load_happens() {
+    let server = RedisServer::start();
+    let short = Category::from_static("short");
+    let cache = builder(&server)
+        .ttl(short.clone(), Duration::from_millis(150))
+        .build()
+        .await
+        .unwrap();
+    let key = cache.key(&short, ["k"]);
+    let loads = std::sync::atomic::AtomicU32::new(0);
+    let load = || async { loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 };
+    assert_eq!(cache.get_with(&key, load()).await, 1);
+    assert_eq!(
+        cache.get_with(&key, load()).await,
+        1,
+        "served from the cache"
+    );
+    wait_until(Duration::from_secs(5), "the key to expire", || async {
+        !cache.contains(&key).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        cache.get_with(&key, load()).await,
+        2,
+        "expired: loaded again"
+    );
+    assert_eq!(cache.stats().await.loader_runs, 2);
+}
+
+#[tokio::test]
+async fn batches_take_one_round_trip() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let keys: Vec<_> = (0..50)
+        .map(|i| cache.key(&Category::VULNERABILITIES, [i.to_string()]))
+        .collect();
+    let entries: Vec<_> = keys
+        .iter()
+        .take(40)
+        .cloned()
+        .zip((0..40).map(scan))
+        .collect();
+    cache.insert_many(&entries).await;
+    let got = cache.get_many::<Scan>(&keys).await;
+    assert_eq!(got.len(), 50);
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.as_ref(), (i < 40).then(|| scan(i as u64)).as_ref());
+    }
+    assert_eq!(command_calls(&server, "mget"), 1);
+    // One pipeline: 40 SETs but a single round trip is not visible in INFO; the number of
+    // commands is, and every value carries its TTL.
+    assert_eq!(command_calls(&server, "set"), 40);
+    assert!(cache.ttl(&keys[0]).await.unwrap().is_some());
+    let s = cache.stats().await;
+    assert_eq!((s.hits, s.misses, s.sets), (40, 10, 40));
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_decode_is_a_miss_and_is_deleted() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::IMAGE_METADATA, ["corrupt"]);
+    server
+        .command(&["SET", key.as_str(), "not an envelope"])
+        .unwrap();
+    assert_eq!(cache.get::<Scan>(&key).await, None);
+    assert_eq!(dbsize(&server), 0, "the undecodable value is deleted");
+    // A value of another type also fails to decode, and get_with replaces it.
+    cache.insert(&key, &"a string").await;
+    assert_eq!(cache.get_with(&key, async { scan(3) }).await, scan(3));
+    assert_eq!(cache.get::<Scan>(&key).await, Some(scan(3)));
+    let s = cache.stats().await;
+    assert_eq!((s.misses, s.hits, s.errors), (2, 1, 0));
+}
+
+#[tokio::test]
+async fn acl_users_and_passwords_are_supported() {
+    let server = RedisServer::start_with_args(&[
+        "--requirepass",
+        "defaultpw",
+        "--user",
+        "alice",
+        "on",
+        ">wonder",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let alice = builder(&server)
+        .username("alice")
+        .password("wonder")
+        .build()
+        .await
+        .unwrap();
+    assert!(alice.is_connected());
+    let key = alice.key(&Category::SESSIONS, ["s1"]);
+    alice.insert(&key, &1u8).await;
+    assert_eq!(alice.get::<u8>(&key).await, Some(1));
+
+    // AUTH with a password only (the default user), here through the URL.
+    let url = server.url().replace("redis://", "redis://:defaultpw@");
+    let default_user = builder(&server).url(url).build().await.unwrap();
+    assert!(default_user.is_connected());
+    default_user.insert(&key, &1u8).await;
+    assert_eq!(default_user.get::<u8>(&key).await, Some(1));
+
+    // A wrong password is not a build error: the cache serves without Redis.
+    let wrong = builder(&server)
+        .username("alice")
+        .password("nope")
+        .build()
+        .await
+        .unwrap();
+    assert!(!wrong.is_connected());
+    assert_eq!(wrong.get_with(&key, async { 2u8 }).await, 2);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Read(u8),
+    Write(u8, u32),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (0u8..6).prop_map(Op::Read),
+            1 => (0u8..6, any::<u32>()).prop_map(|(k, v)| Op::Write(k, v)),
+        ],
+        1..60,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Cache-aside: every read through `get_with` equals the source of truth, as long as every
+    /// write to the source invalidates its key.
+    #[test]
+    fn cached_equals_the_source_until_invalidated(ops in ops()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = RedisServer::start();
+        rt.block_on(async {
+            let cache = cache(&server).await;
+            let mut source: HashMap<u8, u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Read(k) => {
+                        let key = cache.key(&Category::SCAN_RESULTS, [k.to_string()]);
+                        let truth = source.get(&k).copied();
+                        let got = cache.get_with(&key, async { truth }).await;
+                        prop_assert_eq!(got, truth);
+                    }
+                    Op::Write(k, v) => {
+                        source.insert(k, v);
+                        cache.invalidate(&cache.key(&Category::SCAN_RESULTS, [k.to_string()])).await;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
