@@ -66,6 +66,7 @@ pub struct CacheBuilder {
     codec: Codec,
     compress_threshold: usize,
     scan_count: usize,
+    enabled: bool,
     /// The first invalid setting seen by a setter that cannot fail, reported by `build`.
     deferred: Option<Error>,
 }
@@ -108,6 +109,7 @@ impl Default for CacheBuilder {
             codec: Codec::default(),
             compress_threshold: 1024,
             scan_count: 1000,
+            enabled: true,
             deferred: None,
         }
     }
@@ -261,6 +263,14 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether to use Redis at all (default true). A disabled cache never connects: every read
+    /// is a miss with status [`CacheStatus::Bypass`](crate::CacheStatus), every load runs (still
+    /// coalesced), and nothing is stored. For benchmarks and for comparing against the source.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
     /// Validates the settings, connects to Redis and returns the cache.
     ///
     /// Waits at most the connect timeout. If Redis is not reachable the cache is still built: it
@@ -299,24 +309,34 @@ impl CacheBuilder {
             },
             counters.clone(),
         )?);
-        match remote.probe().await {
-            Ok(rtt) => tracing::info!(
-                addr = %remote.addr,
-                rtt_us = rtt.as_micros() as u64,
-                namespace = %keys.prefix(),
-                "connected to redis"
-            ),
-            Err(e) => {
-                tracing::warn!(
-                    addr = %remote.addr,
-                    error = %e,
-                    "redis is unreachable at start-up: serving without the cache and reconnecting in the background"
-                );
-                remote.breaker.trip();
-            }
-        }
         let pending = Arc::new(PendingInvalidations::new(keys.namespace_pattern()));
-        let probe = probe::spawn(remote.clone(), pending.clone(), self.breaker_cooldown);
+        let probe = if self.enabled {
+            match remote.probe().await {
+                Ok(rtt) => tracing::info!(
+                    addr = %remote.addr,
+                    rtt_us = rtt.as_micros() as u64,
+                    namespace = %keys.prefix(),
+                    "connected to redis"
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        addr = %remote.addr,
+                        error = %e,
+                        "redis is unreachable at start-up: serving without the cache and reconnecting in the background"
+                    );
+                    remote.breaker.trip();
+                }
+            }
+            Some(probe::spawn(
+                remote.clone(),
+                pending.clone(),
+                self.breaker_cooldown,
+            ))
+        } else {
+            tracing::info!("cache disabled: every read goes to the source");
+            remote.breaker.trip();
+            None
+        };
         Ok(Cache::from_inner(Inner {
             keys,
             remote,
@@ -326,6 +346,8 @@ impl CacheBuilder {
             loads: Coalescer::default(),
             pending,
             started: Instant::now(),
+            fill_guard: tokio::sync::RwLock::new(()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             _probe: probe,
         }))
     }

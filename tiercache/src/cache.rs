@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,6 +24,30 @@ use crate::probe::TaskGuard;
 use crate::remote::Remote;
 use crate::stats::{Counters, Stats};
 use crate::ttl::TtlPolicy;
+
+/// Where a value returned by [`Cache::try_get_with_status`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheStatus {
+    /// Read from Redis.
+    Hit,
+    /// Not in Redis: loaded (by this caller or a coalesced one) and stored.
+    Miss,
+    /// Redis was not used (unreachable, circuit open, or the cache is disabled): loaded from the
+    /// source.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// `HIT`, `MISS` or `BYPASS`, as an `X-Cache` header says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+        }
+    }
+}
 
 /// A cache handle. Cloning is cheap (one `Arc`); all clones share the connection, the counters
 /// and the in-flight loads. Dropping the last clone stops the background recovery task.
@@ -45,7 +70,15 @@ pub(crate) struct Inner {
     /// Shared with the recovery task, which replays these before trusting Redis again.
     pub(crate) pending: Arc<PendingInvalidations>,
     pub(crate) started: Instant,
-    pub(crate) _probe: TaskGuard,
+    /// Guards against a slow loader storing a value that an invalidation made stale while it
+    /// was loading: fills hold it shared while they check `epoch` and write; invalidations hold
+    /// it exclusively while they bump `epoch` and delete. A tokio lock because both sides hold it
+    /// across their Redis round trip.
+    pub(crate) fill_guard: tokio::sync::RwLock<()>,
+    /// Number of invalidations started by this cache.
+    pub(crate) epoch: AtomicU64,
+    /// Held to keep the recovery task alive; `None` when the cache is disabled.
+    pub(crate) _probe: Option<TaskGuard>,
 }
 
 impl Cache {
@@ -220,7 +253,25 @@ impl Cache {
     /// its value, or its error as the same `Arc<E>`. If the leading caller's future is dropped,
     /// the waiters wake and one of them runs its own `init`, so none is stranded. If Redis is
     /// unreachable, loads still coalesce and every caller still gets a value.
+    ///
+    /// A value is not stored if this cache started an invalidation while `init` ran: the value
+    /// may predate the write that caused it, and storing it would make the invalidation undone.
     pub async fn try_get_with<T, E, F>(&self, key: &Key, init: F) -> Result<T, Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>>,
+    {
+        self.try_get_with_status(key, init).await.map(|(v, _)| v)
+    }
+
+    /// [`try_get_with`](Self::try_get_with), also telling where the value came from (for an
+    /// `X-Cache` header).
+    pub async fn try_get_with_status<T, E, F>(
+        &self,
+        key: &Key,
+        init: F,
+    ) -> Result<(T, CacheStatus), Arc<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + Sync + 'static,
@@ -228,44 +279,78 @@ impl Cache {
     {
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
-        let mut reachable = match self.read(key).await {
-            Ok(Some(v)) => return Ok(v),
+        let reachable = match self.read(key).await {
+            Ok(Some(v)) => return Ok((v, CacheStatus::Hit)),
             Ok(None) => true,
             Err(_) => false,
         };
-        self.inner
+        let value = self
+            .inner
             .loads
-            .run(key.as_str(), || async {
+            .run(key.as_str(), |publish| async move {
+                let mut reachable = reachable;
                 // A load that finished between our miss and our taking the lead has stored its
                 // value: use it rather than load again.
                 if reachable {
                     match self.peek(key).await {
-                        Ok(Some(v)) => return Ok(v),
+                        Ok(Some(v)) => return Ok::<T, Arc<E>>(v),
                         Ok(None) => {}
                         Err(_) => reachable = false,
                     }
                 }
+                let epoch = self.inner.epoch.load(Ordering::SeqCst);
                 self.inner.counters.loader_run();
                 let value = init.await.map_err(Arc::new)?;
+                // Waiters need not wait for the store (up to an op timeout if Redis hangs).
+                publish.publish(Ok::<T, Arc<E>>(value.clone()));
                 if reachable {
-                    self.insert(key, &value).await;
+                    self.fill(key, &value, epoch).await;
                 }
                 Ok(value)
             })
-            .await
+            .await?;
+        let status = if reachable {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Bypass
+        };
+        Ok((value, status))
+    }
+
+    /// Stores a loaded value unless an invalidation started since `epoch` was read.
+    async fn fill<T: Serialize>(&self, key: &Key, value: &T, epoch: u64) {
+        let _shared = self.inner.fill_guard.read().await;
+        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+            tracing::debug!(
+                key = key.as_str(),
+                "an invalidation ran during the load; not storing its value"
+            );
+            return;
+        }
+        self.insert(key, value).await;
+    }
+
+    /// Runs an invalidation exclusively of fills, after marking that it started.
+    async fn invalidating<R>(&self, f: impl Future<Output = R>) -> R {
+        let _exclusive = self.inner.fill_guard.write().await;
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        f.await
     }
 
     /// Removes `key`. Never fails: if Redis cannot be reached the invalidation is kept and
     /// applied before anything is read from Redis again (see `invalidation`).
     pub async fn invalidate(&self, key: &Key) {
-        match self.inner.remote.unlink(&[key.as_str()]).await {
+        let result = self
+            .invalidating(self.inner.remote.unlink(&[key.as_str()]))
+            .await;
+        match result {
             Ok(removed) => {
                 self.inner.counters.deletes(removed);
                 tracing::info!(key = key.as_str(), removed, "invalidated key");
             }
             Err(e) => {
                 self.inner.pending.record_key(key.as_str());
-                self.owe_invalidation(&e);
+                self.owe_invalidation();
                 log_deferred(&e, key.as_str(), "invalidation");
             }
         }
@@ -292,7 +377,10 @@ impl Cache {
     }
 
     async fn unlink_matching(&self, pattern: &Pattern, what: &'static str) -> Result<u64> {
-        match self.inner.remote.unlink_matching(pattern, true).await {
+        let result = self
+            .invalidating(self.inner.remote.unlink_matching(pattern, true))
+            .await;
+        match result {
             Ok(removed) => {
                 self.inner.counters.deletes(removed);
                 tracing::info!(pattern = pattern.as_str(), removed, "{what}");
@@ -300,7 +388,7 @@ impl Cache {
             }
             Err(e) => {
                 self.inner.pending.record_pattern(pattern);
-                self.owe_invalidation(&e);
+                self.owe_invalidation();
                 log_deferred(&e, pattern.as_str(), what);
                 Err(e)
             }
@@ -308,20 +396,11 @@ impl Cache {
     }
 
     /// After a failed invalidation: Redis may still hold the value, so stop reading from it
-    /// until the recovery task has replayed what is owed. If the breaker is already closed again
-    /// (recovery finished meanwhile), replay now.
-    fn owe_invalidation(&self, e: &Error) {
-        if !e.is_unavailable() {
-            self.inner.remote.breaker.trip();
-        }
-        if self.inner.remote.breaker.is_closed() {
-            let (remote, pending) = (self.inner.remote.clone(), self.inner.pending.clone());
-            tokio::spawn(async move {
-                if pending.replay(&remote).await.is_err() {
-                    remote.breaker.trip();
-                }
-            });
-        }
+    /// until the recovery task has replayed what is owed (it replays before closing the
+    /// breaker). Called after the invalidation was recorded, so if recovery closed the breaker
+    /// in between, this reopens it and recovery runs again.
+    fn owe_invalidation(&self) {
+        self.inner.remote.breaker.trip();
     }
 
     /// Whether `key` is in Redis.
@@ -349,10 +428,39 @@ impl Cache {
     /// Removes a raw key of this namespace; returns whether it existed.
     pub async fn invalidate_raw(&self, raw_key: &str) -> Result<bool> {
         self.check_raw(raw_key)?;
-        let removed = self.inner.remote.unlink(&[raw_key]).await?;
-        self.inner.counters.deletes(removed);
-        tracing::info!(key = raw_key, removed, "invalidated key");
-        Ok(removed > 0)
+        let result = self
+            .invalidating(self.inner.remote.unlink(&[raw_key]))
+            .await;
+        match result {
+            Ok(removed) => {
+                self.inner.counters.deletes(removed);
+                tracing::info!(key = raw_key, removed, "invalidated key");
+                Ok(removed > 0)
+            }
+            Err(e) => {
+                self.inner.pending.record_key(raw_key);
+                self.owe_invalidation();
+                log_deferred(&e, raw_key, "invalidation");
+                Err(e)
+            }
+        }
+    }
+
+    fn check_pattern(&self, pattern: &Pattern) -> Result<()> {
+        if pattern.as_str().starts_with(self.inner.keys.prefix()) {
+            Ok(())
+        } else {
+            Err(Error::config(
+                "pattern",
+                format!("{pattern} is outside this cache's namespace"),
+            ))
+        }
+    }
+
+    /// Number of callers waiting for the load of `key` now in flight in this process (0 when
+    /// none is). For diagnostics and tests.
+    pub fn loads_waiting(&self, key: &Key) -> usize {
+        self.inner.loads.waiters(key.as_str())
     }
 
     fn check_raw(&self, raw_key: &str) -> Result<()> {
@@ -368,6 +476,7 @@ impl Cache {
 
     /// Up to `limit` keys matching `pattern`, found with SCAN.
     pub async fn keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
+        self.check_pattern(pattern)?;
         self.inner.remote.scan_keys(pattern, limit).await
     }
 
@@ -386,6 +495,10 @@ impl Cache {
     pub async fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.uptime = self.inner.started.elapsed();
+        // Skipped while the breaker is open, so reading stats does not count short circuits.
+        if !self.is_connected() {
+            return stats;
+        }
         if let Ok(info) = self.inner.remote.info().await {
             stats.evicted_keys = info.evicted_keys;
             stats.used_memory_bytes = info.used_memory;

@@ -64,6 +64,34 @@ impl Drop for LeadGuard<'_> {
     }
 }
 
+/// Lets a leader hand its result to the waiters before it has finished.
+#[derive(Clone, Copy)]
+pub(crate) struct Publish<'a> {
+    /// `None` for an uncoalesced load.
+    coalescer: Option<&'a Coalescer>,
+    key: &'a str,
+    id: u64,
+}
+
+impl Publish<'_> {
+    /// For an uncoalesced load: publishing goes nowhere.
+    const NOBODY: Publish<'static> = Publish {
+        coalescer: None,
+        key: "",
+        id: u64::MAX,
+    };
+
+    /// Wakes the waiters with `result`. Later calls replace it for callers still to come.
+    pub(crate) fn publish<R: Send + Sync + 'static>(&self, result: R) {
+        let Some(coalescer) = self.coalescer else {
+            return;
+        };
+        if let Some(flight) = coalescer.lock().get(self.key).filter(|f| f.id == self.id) {
+            flight.tx.send_replace(Some(Arc::new(result)));
+        }
+    }
+}
+
 impl Coalescer {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // The map stays consistent even if a holder panicked: every change is a single insert
@@ -72,11 +100,14 @@ impl Coalescer {
     }
 
     /// Runs `lead` for `key` unless a flight for `key` is already up, in which case its result
-    /// is awaited and cloned. `lead` is called at most once, and only by a leader.
-    pub(crate) async fn run<R, F, Fut>(&self, key: &str, lead: F) -> R
+    /// is awaited and cloned. `lead` is called at most once, and only by a leader. It may hand
+    /// its result to the waiters early through [`Publish`] (before slow follow-up work such as
+    /// storing it); the flight stays registered until `lead` returns, so callers arriving
+    /// meanwhile get the published result instead of loading again.
+    pub(crate) async fn run<'a, R, F, Fut>(&'a self, key: &'a str, lead: F) -> R
     where
         R: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce(Publish<'a>) -> Fut,
         Fut: Future<Output = R>,
     {
         let mut lead = Some(lead);
@@ -105,7 +136,7 @@ impl Coalescer {
                     }
                     // Another type under the same key: load for ourselves, uncoalesced.
                     if let Some(f) = lead.take() {
-                        return f().await;
+                        return f(Publish::NOBODY).await;
                     }
                 }
                 Role::Lead(id) => {
@@ -118,10 +149,13 @@ impl Coalescer {
                         // Unreachable: `lead` is only taken right before returning.
                         continue;
                     };
-                    let result = f().await;
-                    if let Some(flight) = self.lock().get(key).filter(|f| f.id == id) {
-                        flight.tx.send_replace(Some(Arc::new(result.clone())));
-                    }
+                    let publish = Publish {
+                        coalescer: Some(self),
+                        key,
+                        id,
+                    };
+                    let result = f(publish).await;
+                    publish.publish(result.clone());
                     drop(guard);
                     return result;
                 }
@@ -136,7 +170,6 @@ impl Coalescer {
     }
 
     /// Number of callers waiting on the flight for `key`.
-    #[cfg(test)]
     pub(crate) fn waiters(&self, key: &str) -> usize {
         self.lock().get(key).map_or(0, |f| f.tx.receiver_count())
     }
@@ -157,7 +190,7 @@ mod tests {
         for _ in 0..100 {
             let (c, runs, mut go) = (c.clone(), runs.clone(), go_rx.clone());
             tasks.push(tokio::spawn(async move {
-                c.run("k", || async move {
+                c.run("k", |_| async move {
                     runs.fetch_add(1, Relaxed);
                     // Hold the flight open until every caller has joined.
                     let _ = go.wait_for(|g| *g).await;
@@ -187,7 +220,7 @@ mod tests {
     async fn errors_are_shared_as_one_arc() {
         let c = Coalescer::default();
         let r: Result<u8, Arc<String>> = c
-            .run("k", || async { Err(Arc::new("boom".to_string())) })
+            .run("k", |_| async { Err(Arc::new("boom".to_string())) })
             .await;
         assert_eq!(r.unwrap_err().as_str(), "boom");
         assert_eq!(c.in_flight(), 0);
@@ -198,7 +231,7 @@ mod tests {
         let c = Arc::new(Coalescer::default());
         let leader = {
             let c = c.clone();
-            tokio::spawn(async move { c.run("k", std::future::pending::<u32>).await })
+            tokio::spawn(async move { c.run("k", |_| std::future::pending::<u32>()).await })
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while c.in_flight() == 0 {
@@ -207,7 +240,7 @@ mod tests {
         }
         let waiter = {
             let c = c.clone();
-            tokio::spawn(async move { c.run("k", || async { 42u32 }).await })
+            tokio::spawn(async move { c.run("k", |_| async { 42u32 }).await })
         };
         while c.waiters("k") < 1 {
             assert!(

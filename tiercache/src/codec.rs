@@ -131,6 +131,15 @@ impl Envelope {
         match *compression {
             COMPRESSION_NONE => codec.deserialize(payload),
             COMPRESSION_LZ4 => {
+                // The size prefix is untrusted: LZ4 cannot expand more than 255×, so a larger
+                // claim is corruption, not a reason to allocate gigabytes.
+                let claimed = payload
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                    .ok_or_else(|| Error::Decode("lz4: missing size".into()))?;
+                if claimed > payload.len().saturating_mul(255) {
+                    return Err(Error::Decode(format!("lz4: implausible size {claimed}")));
+                }
                 let raw = lz4_flex::decompress_size_prepended(payload)
                     .map_err(|e| Error::Decode(format!("lz4: {e}")))?;
                 codec.deserialize(&raw)

@@ -9,9 +9,11 @@
 //! 2. opens the circuit breaker, so nothing is read from Redis from then on.
 //!
 //! The recovery probe replays everything recorded here **before** it closes the breaker, and once
-//! more right after, to catch invalidations recorded while it was closing. A caller that records
-//! an invalidation and then finds the breaker closed replays it itself. So no read is served from
-//! Redis while an acknowledged invalidation is still missing there.
+//! more right after, to catch invalidations recorded while it was closing. A caller records first
+//! and opens the breaker second, so an invalidation recorded after the probe's last look reopens
+//! the breaker and recovery runs again. So no read is served from Redis while an acknowledged
+//! invalidation is still missing there. Only the probe replays, so replays never run
+//! concurrently.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};

@@ -58,10 +58,10 @@ mod stats;
 mod ttl;
 
 pub use builder::{CacheBuilder, DEFAULT_URL};
-pub use cache::Cache;
+pub use cache::{Cache, CacheStatus};
 pub use codec::{Codec, ENVELOPE_VERSION};
 pub use error::{Error, Result};
 pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, Pattern};
 pub use stats::{CategoryStats, Stats};
-pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, DEFAULT_TTLS, TtlPolicy};
+pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, DEFAULT_TTLS, MAX_TTL, TtlPolicy};

@@ -229,7 +229,7 @@ impl Remote {
         cursor: u64,
         pattern: &Pattern,
         guarded: bool,
-    ) -> Result<(u64, Vec<String>)> {
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let count = self.scan_count;
         let f = |mut c: ConnectionManager| async move {
             redis::cmd("SCAN")
@@ -257,11 +257,18 @@ impl Remote {
         loop {
             let (next, keys) = self.scan_page(cursor, pattern, guarded).await?;
             if !keys.is_empty() {
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                // Keys stay bytes: a foreign key that is not UTF-8 must not stop the sweep.
+                let f = |mut c: ConnectionManager| async move {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<u64>(&mut c)
+                        .await
+                };
                 removed += if guarded {
-                    self.unlink(&refs).await?
+                    self.call("UNLINK", f).await?
                 } else {
-                    self.unlink_unguarded(&refs).await?
+                    self.call_unguarded("UNLINK", self.connect_timeout, f)
+                        .await?
                 };
             }
             if next == 0 {
@@ -282,6 +289,7 @@ impl Remote {
                 if out.len() >= limit {
                     return Ok(out);
                 }
+                let k = String::from_utf8_lossy(&k).into_owned();
                 if seen.insert(k.clone()) {
                     out.push(k);
                 }
@@ -293,10 +301,19 @@ impl Remote {
         }
     }
 
-    /// How many keys match `pattern`, counted with SCAN so Redis is never blocked.
+    /// How many keys match `pattern`, counted with SCAN so Redis is never blocked. SCAN may
+    /// return a key twice while Redis rehashes, so during a rehash the count can be slightly high.
     pub(crate) async fn count_matching(&self, pattern: &Pattern) -> Result<u64> {
-        let keys = self.scan_keys(pattern, usize::MAX).await?;
-        Ok(keys.len() as u64)
+        let mut cursor = 0;
+        let mut count = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor, pattern, true).await?;
+            count += keys.len() as u64;
+            if next == 0 {
+                return Ok(count);
+            }
+            cursor = next;
+        }
     }
 
     pub(crate) async fn unlink_unguarded(&self, keys: &[&str]) -> Result<u64> {

@@ -30,7 +30,7 @@ pub struct Stats {
     pub sets: u64,
     /// Keys removed by invalidation (single keys, patterns and clears).
     pub deletes: u64,
-    /// Redis calls that failed (including timeouts).
+    /// Redis calls that failed (including timeouts), and values that could not be encoded.
     pub errors: u64,
     /// Redis calls that hit the per-operation timeout.
     pub timeouts: u64,

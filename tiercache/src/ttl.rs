@@ -95,9 +95,15 @@ impl TtlPolicy {
     }
 }
 
+/// Longest accepted base TTL: one year.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
 fn check_ttl(setting: &'static str, ttl: Duration) -> Result<()> {
     if ttl < Duration::from_millis(1) {
         return Err(Error::config(setting, "a TTL must be at least 1 ms"));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::config(setting, "a TTL must be at most one year"));
     }
     Ok(())
 }

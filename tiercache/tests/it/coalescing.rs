@@ -9,6 +9,16 @@ use tiercache_testkit::RedisServer;
 
 use crate::helpers::{cache, wait_until};
 
+/// Holds a load open until `n` callers wait on it, so the test does not depend on timing.
+async fn until_waiting(cache: &tiercache::Cache, key: &tiercache::Key, n: usize) {
+    wait_until(
+        Duration::from_secs(20),
+        "callers to join the load",
+        || async { cache.loads_waiting(key) >= n },
+    )
+    .await;
+}
+
 async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Stats) {
     let cache = cache(server).await;
     let key = cache.key(&Category::ANALYSIS, ["cold"]);
@@ -17,10 +27,11 @@ async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Sta
         .map(|_| {
             let (cache, key, runs) = (cache.clone(), key.clone(), runs.clone());
             tokio::spawn(async move {
+                let (c, k) = (cache.clone(), key.clone());
                 cache
-                    .get_with(&key, async {
+                    .get_with(&key, async move {
                         runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        until_waiting(&c, &k, 999).await;
                         vec![42u64; 100]
                     })
                     .await
@@ -62,10 +73,11 @@ async fn errors_are_shared_with_every_waiter_and_not_cached() {
         .map(|_| {
             let (cache, key, runs) = (cache.clone(), key.clone(), runs.clone());
             tokio::spawn(async move {
+                let (c, k) = (cache.clone(), key.clone());
                 cache
-                    .try_get_with(&key, async {
+                    .try_get_with(&key, async move {
                         runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        until_waiting(&c, &k, 99).await;
                         Err::<u32, _>(std::io::Error::other("database down"))
                     })
                     .await

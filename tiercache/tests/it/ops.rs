@@ -92,7 +92,7 @@ async fn after_the_ttl_a_fresh_load_happens() {
     let server = RedisServer::start();
     let short = Category::from_static("short");
     let cache = builder(&server)
-        .ttl(short.clone(), Duration::from_millis(150))
+        .ttl(short.clone(), Duration::from_secs(1))
         .build()
         .await
         .unwrap();
@@ -250,4 +250,50 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn the_status_says_where_a_value_came_from() {
+    use tiercache::CacheStatus;
+    let mut server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::ANALYSIS, ["status"]);
+    let load = || async { Ok::<_, std::io::Error>(1u8) };
+    assert_eq!(
+        cache.try_get_with_status(&key, load()).await.unwrap(),
+        (1, CacheStatus::Miss)
+    );
+    assert_eq!(
+        cache.try_get_with_status(&key, load()).await.unwrap(),
+        (1, CacheStatus::Hit)
+    );
+    server.stop();
+    assert_eq!(
+        cache.try_get_with_status(&key, load()).await.unwrap(),
+        (1, CacheStatus::Bypass)
+    );
+    assert_eq!(CacheStatus::Bypass.as_str(), "BYPASS");
+}
+
+#[tokio::test]
+async fn a_disabled_cache_never_touches_redis() {
+    use tiercache::CacheStatus;
+    let server = RedisServer::start();
+    let cache = builder(&server).enabled(false).build().await.unwrap();
+    let key = cache.key(&Category::ANALYSIS, ["off"]);
+    for _ in 0..3 {
+        let (v, status) = cache
+            .try_get_with_status(&key, async { Ok::<_, std::io::Error>(5u8) })
+            .await
+            .unwrap();
+        assert_eq!((v, status), (5, CacheStatus::Bypass));
+    }
+    cache.insert(&key, &1u8).await;
+    cache.invalidate(&key).await;
+    assert!(!cache.is_connected());
+    assert!(cache.ping().await.unwrap_err().is_unavailable());
+    let s = cache.stats().await;
+    assert_eq!((s.loader_runs, s.misses, s.sets), (3, 3, 0));
+    assert_eq!(dbsize(&server), 0);
+    assert_eq!(command_calls(&server, "get"), 0);
 }
