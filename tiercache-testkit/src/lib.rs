@@ -12,6 +12,10 @@
 //!
 //! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
+//! - `postgres_server`: [`PostgresServer`], a private PostgreSQL cluster (`initdb` +
+//!   postmaster on a free loopback port) per test or shared by a test binary, with
+//!   [`PostgresServer::create_database`] for a fresh database per test. Needs the server
+//!   binaries (`apt-get install postgresql`); never touches the system cluster.
 //!
 //! # Example
 //!
@@ -43,6 +47,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod postgres_server;
 mod redis_server;
 
+pub use postgres_server::PostgresServer;
 pub use redis_server::RedisServer;

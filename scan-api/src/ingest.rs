@@ -1,0 +1,75 @@
+//! Bulk writes for the command line: seeding synthetic reports and importing files.
+//!
+//! Both write through the same [`Store`] and validation as the API, then clear this cache
+//! namespace once (a bulk write changes nearly every cached answer), so a running server never
+//! serves data older than the import.
+
+use std::path::Path;
+
+use tiercache::Cache;
+
+use crate::error::AppError;
+use crate::store::Store;
+use crate::synth::Generator;
+use crate::trivy;
+
+/// Reports progress: called after each report with (done, total).
+pub type Progress<'a> = &'a dyn Fn(u64, u64);
+
+/// Stores `count` synthetic reports (indices `start..start + count`) from `seed`.
+pub async fn seed(
+    store: &Store,
+    cache: &Cache,
+    seed: u64,
+    start: u64,
+    count: u64,
+    progress: Progress<'_>,
+) -> Result<u64, AppError> {
+    let generator = Generator::new(seed);
+    for (done, index) in (start..start + count).enumerate() {
+        let body = serde_json::to_vec(&generator.report(index))
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let scan = trivy::parse_report(&body)?;
+        store.insert_scan(&scan).await?;
+        progress(done as u64 + 1, count);
+    }
+    clear_after_bulk(cache, count).await;
+    Ok(count)
+}
+
+/// Stores each file; stops at the first that fails, naming it.
+pub async fn import(
+    store: &Store,
+    cache: &Cache,
+    files: &[impl AsRef<Path>],
+    progress: Progress<'_>,
+) -> Result<u64, AppError> {
+    let mut stored = 0;
+    for file in files {
+        let file = file.as_ref();
+        let body = std::fs::read(file)
+            .map_err(|e| AppError::BadRequest(format!("{}: {e}", file.display())))?;
+        let scan = trivy::parse_report(&body).map_err(|e| {
+            AppError::Unprocessable(format!("{}: {}", file.display(), AppError::from(e)))
+        })?;
+        store.insert_scan(&scan).await?;
+        stored += 1;
+        progress(stored, files.len() as u64);
+    }
+    clear_after_bulk(cache, stored).await;
+    Ok(stored)
+}
+
+async fn clear_after_bulk(cache: &Cache, written: u64) {
+    if written == 0 {
+        return;
+    }
+    match cache.clear().await {
+        Ok(removed) => tracing::info!(
+            written,
+            removed,
+            "cache namespace cleared after a bulk write"
+        ),
+        Err(e) => tracing::warn!(written, error = %e, "cache clear deferred until redis answers"),
+    }
+}

@@ -1,0 +1,117 @@
+//! scan-api: the reference backend for Trivy container-scan results, cached with tiercache.
+//!
+//! It stores Trivy JSON reports in PostgreSQL or an embedded SQLite file and serves scan
+//! results, vulnerability lists, image metadata and an expensive insights view. Every read is
+//! cached in Redis through [`tiercache`]; every write invalidates what it changed before it
+//! answers, so no endpoint serves data older than an acknowledged write. When Redis is absent
+//! the service answers from the database (`X-Cache: BYPASS`).
+//!
+//! # Layout
+//! - `config`: command line and environment (clap).
+//! - `error`: [`error::AppError`] and its HTTP mapping.
+//! - `model`: domain types; `trivy`: report parsing and validation; `synth`: synthetic reports.
+//! - `store`: the database layer (sqlx), the source of truth.
+//! - `cache_policy`: TTLs and which writes invalidate what, in one table.
+//! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
+
+pub mod cache_policy;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod model;
+pub mod routes;
+pub mod store;
+pub mod synth;
+pub mod trivy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tiercache::Cache;
+use tiercache_axum::admin;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::error::AppError;
+use crate::store::Store;
+
+/// What every handler shares. Cheap to clone: both handles are `Arc`s inside.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The cache.
+    pub cache: Cache,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+}
+
+/// The whole HTTP API: the resources, the cache admin routes, JSON errors everywhere.
+pub fn app(state: AppState, admin_token: Option<String>) -> Router {
+    let admin = admin::Admin::new(state.cache.clone(), admin_token);
+    let limit = state.body_limit;
+    Router::new()
+        .merge(routes::scans::router())
+        .merge(routes::vulnerabilities::router())
+        .merge(routes::images::router())
+        .merge(routes::insights::router())
+        .merge(routes::health::router())
+        .merge(admin::router(admin))
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Turns the plain-text rejections of axum's extractors (bad query string, wrong method, …)
+/// into the API's JSON errors, so every error has the same shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %message, "internal error outside a handler");
+    }
+    Response::from_parts(parts, Body::from(body)).into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,119 @@
+//! `scan-api`: serve the API (default), `seed` synthetic reports, or `import` Trivy files.
+//!
+//! Run with: `cargo run --release -p scan-api` (SQLite file in the working directory, Redis at
+//! 127.0.0.1:6379 if it answers). `scan-api --help` lists every flag and environment variable.
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use scan_api::config::{Cli, Command, Common, Serve};
+use scan_api::store::Store;
+use scan_api::{AppState, cache_policy, ingest};
+use tiercache::{Cache, CacheBuilder};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let store = Store::connect(&cli.common.database_url)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&cli.common.database_url)))?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+    let cache = build_cache(&cli.common).await?;
+    let command = match cli.command {
+        Some(command) => command,
+        None => Command::Serve(Serve::from_env()?),
+    };
+    match command {
+        Command::Serve(serve) => {
+            let listener = tokio::net::TcpListener::bind(serve.bind)
+                .await
+                .with_context(|| format!("binding {}", serve.bind))?;
+            tracing::info!(addr = %listener.local_addr()?, "scan-api listening");
+            let state = AppState {
+                store: store.clone(),
+                cache,
+                body_limit: serve.body_limit,
+            };
+            scan_api::run(
+                listener,
+                scan_api::app(state, serve.admin_token),
+                shutdown_signal(),
+            )
+            .await?;
+            store.close().await;
+            tracing::info!("scan-api stopped");
+        }
+        Command::Seed(seed) => {
+            let bar = progress_bar(seed.count);
+            let n = ingest::seed(
+                &store,
+                &cache,
+                seed.seed,
+                seed.start,
+                seed.count,
+                &|done, _| bar.set_position(done),
+            )
+            .await?;
+            bar.finish_with_message(format!("stored {n} synthetic reports"));
+        }
+        Command::Import(import) => {
+            let bar = progress_bar(import.files.len() as u64);
+            let n = ingest::import(&store, &cache, &import.files, &|done, _| {
+                bar.set_position(done)
+            })
+            .await?;
+            bar.finish_with_message(format!("imported {n} reports"));
+        }
+    }
+    Ok(())
+}
+
+async fn build_cache(common: &Common) -> anyhow::Result<Cache> {
+    let builder = CacheBuilder::from_env()
+        .url(common.redis_url.clone())
+        .namespace(common.cache_namespace.clone())
+        .env_prefix(common.app_env.clone())
+        .enabled(common.cache_enabled);
+    Ok(cache_policy::configure(builder).build().await?)
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

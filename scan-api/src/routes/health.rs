@@ -1,0 +1,36 @@
+//! `/health`: the service's own liveness — 200 while the database answers. The cache's health
+//! is `/api/cache/health` (tiercache-axum).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::AppState;
+
+/// The routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({
+            "status": "ok",
+            "database": "up",
+            "cache_connected": state.cache.is_connected(),
+            "db_queries": state.store.queries(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "down", "database": "down" })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Invalidation completeness: after any sequence of writes, every GET equals the same query
+//! answered by the database with the cache off. And invalidation does not over-reach.
+
+use proptest::prelude::*;
+
+use crate::helpers::{Db, TestEnv, encode, report};
+
+const IMAGES: [&str; 5] = ["a*", "a?", "[a]", "ab", "team/app"];
+const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Post {
+        image: usize,
+        tag: u8,
+        severities: Vec<usize>,
+    },
+    Delete(usize),
+    Get(usize, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0..IMAGES.len(), 0u8..3, prop::collection::vec(0..SEVERITIES.len(), 0..6))
+            .prop_map(|(image, tag, severities)| Op::Post { image, tag, severities }),
+        1 => (0usize..8).prop_map(Op::Delete),
+        5 => (0usize..13, 0..IMAGES.len()).prop_map(|(e, i)| Op::Get(e, i)),
+    ]
+}
+
+fn path(endpoint: usize, image: &str, ids: &[i64]) -> String {
+    let img = encode(image);
+    let id = ids.last().copied().unwrap_or(1);
+    match endpoint {
+        0 => "/api/scan-results".into(),
+        1 => "/api/scan-results?limit=2&offset=1".into(),
+        2 => format!("/api/scan-results?image={img}"),
+        3 => format!("/api/scan-results/{id}"),
+        4 => format!("/api/scan-results/{}", ids.first().copied().unwrap_or(1)),
+        5 => "/api/vulnerabilities".into(),
+        6 => "/api/vulnerabilities?severity=CRITICAL,HIGH".into(),
+        7 => "/api/vulnerabilities/active".into(),
+        8 => "/api/vulnerabilities/active?severity=LOW".into(),
+        9 => "/api/images".into(),
+        10 => format!("/api/images/{img}/latest"),
+        11 => format!("/api/images/{img}/versions"),
+        _ => "/api/insights".into(),
+    }
+}
+
+async fn run(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let env = TestEnv::new(db);
+    let app = env.app().await;
+    let truth = env.uncached_app().await;
+    let mut ids: Vec<i64> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Post {
+                image,
+                tag,
+                severities,
+            } => {
+                let sev: Vec<&str> = severities.iter().map(|i| SEVERITIES[*i]).collect();
+                let a = app
+                    .post_report(report(IMAGES[image], &format!("v{tag}"), &sev))
+                    .await;
+                prop_assert_eq!(a.status.as_u16(), 201);
+                ids.push(a.body["id"].as_i64().unwrap());
+            }
+            Op::Delete(i) => {
+                if !ids.is_empty() {
+                    let id = ids.remove(i % ids.len());
+                    prop_assert_eq!(
+                        app.delete(&format!("/api/scan-results/{id}"))
+                            .await
+                            .status
+                            .as_u16(),
+                        204
+                    );
+                }
+            }
+            Op::Get(endpoint, image) => {
+                let p = path(endpoint, IMAGES[image], &ids);
+                // Twice: the second is usually a hit, and must still be right.
+                for _ in 0..2 {
+                    let cached = app.get(&p).await;
+                    let expected = truth.get(&p).await;
+                    prop_assert_eq!(cached.status, expected.status, "{}", p);
+                    prop_assert_eq!(&cached.body, &expected.body, "{}", p);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, max_shrink_iters: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_get_equals_the_database_on_sqlite(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(run(Db::Sqlite, ops))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, max_shrink_iters: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_get_equals_the_database_on_postgres(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(run(Db::Postgres, ops))?;
+    }
+}
+
+/// A write for one image leaves other images' entries cached, even with glob characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_does_not_over_reach() {
+    let env = TestEnv::new(Db::Sqlite);
+    let app = env.app().await;
+    for image in IMAGES {
+        assert_eq!(
+            app.post_report(report(image, "v1", &["HIGH"])).await.status,
+            201
+        );
+    }
+    let views = |image: &str| {
+        let img = encode(image);
+        [
+            format!("/api/images/{img}/latest"),
+            format!("/api/images/{img}/versions"),
+        ]
+    };
+    for image in IMAGES {
+        for p in views(image) {
+            assert_eq!(app.get(&p).await.x_cache.as_deref(), Some("MISS"), "{p}");
+            assert_eq!(app.get(&p).await.x_cache.as_deref(), Some("HIT"), "{p}");
+        }
+    }
+    for written in IMAGES {
+        assert_eq!(
+            app.post_report(report(written, "v2", &["LOW"]))
+                .await
+                .status,
+            201
+        );
+        for image in IMAGES {
+            for p in views(image) {
+                let expected = if image == written { "MISS" } else { "HIT" };
+                assert_eq!(
+                    app.get(&p).await.x_cache.as_deref(),
+                    Some(expected),
+                    "after writing {written}: {p}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The scan-api over HTTP, against real Redis processes (test-kit) and real databases: an
+//! SQLite file per test and a fresh database on a private PostgreSQL cluster per test.
+//!
+//! Set `TEST_LOG=1` to see the service's logs.
+
+// Tests unwrap freely: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod admin;
+mod consistency;
+mod errors;
+mod faults;
+mod fixtures;
+mod stats;

@@ -1,0 +1,70 @@
+//! Cache statistics move exactly as the requests made.
+
+use crate::helpers::{Db, TestEnv, report};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_and_misses_move_exactly_as_the_requests() {
+    let env = TestEnv::new(Db::Sqlite);
+    let app = env.app().await;
+    let created = app
+        .post_report(report("stats/app", "v1", &["CRITICAL", "HIGH"]))
+        .await;
+    let id = created.body["id"].as_i64().unwrap();
+    let paths = [
+        "/api/scan-results".to_string(),
+        "/api/scan-results?image=stats%2Fapp".to_string(),
+        format!("/api/scan-results/{id}"),
+        "/api/vulnerabilities".to_string(),
+        "/api/vulnerabilities/active?severity=CRITICAL".to_string(),
+        "/api/images".to_string(),
+        "/api/images/stats%2Fapp/latest".to_string(),
+        "/api/images/stats%2Fapp/versions".to_string(),
+        "/api/insights".to_string(),
+    ];
+    let before = app.get("/api/cache/stats").await.body;
+    let (h0, m0) = (
+        before["hits"].as_u64().unwrap(),
+        before["misses"].as_u64().unwrap(),
+    );
+    for (round, expect) in [(1, "MISS"), (2, "HIT"), (3, "HIT")] {
+        for p in &paths {
+            let a = app.get(p).await;
+            assert_eq!(a.status, 200, "{p}");
+            assert_eq!(a.x_cache.as_deref(), Some(expect), "round {round}: {p}");
+        }
+    }
+    let after = app.get("/api/cache/stats").await.body;
+    let n = paths.len() as u64;
+    assert_eq!(after["misses"].as_u64().unwrap() - m0, n);
+    assert_eq!(after["hits"].as_u64().unwrap() - h0, 2 * n);
+    assert_eq!(after["categories"]["analysis"]["hits"], 2);
+    assert_eq!(after["categories"]["analysis"]["misses"], 1);
+    assert_eq!(after["categories"]["image_metadata"]["misses"], 3);
+    assert_eq!(after["total_keys"].as_u64().unwrap(), n);
+    for field in [
+        "memory_used",
+        "memory_used_bytes",
+        "hit_rate",
+        "evictions",
+        "connected",
+        "uptime",
+    ] {
+        assert!(!after[field].is_null(), "{field} in {after}");
+    }
+    assert!(
+        after["memory_used"]
+            .as_str()
+            .unwrap()
+            .ends_with(['K', 'M', 'B'])
+    );
+    // The database was asked once per distinct query, not once per request.
+    let queries_before = app.store.queries();
+    for p in &paths {
+        app.get(p).await;
+    }
+    assert_eq!(
+        app.store.queries(),
+        queries_before,
+        "hits never reach the database"
+    );
+}

@@ -1,0 +1,306 @@
+//! Operational routes for a [`Cache`]: stats, health, clear, and key inspection.
+//!
+//! | route | auth | answer |
+//! |---|---|---|
+//! | `GET /api/cache/stats` | none | hits, misses, hit rate, memory, evictions, keys, uptime, per-category figures |
+//! | `GET /api/cache/health` | none | 200 `{"status":"up","latency_ms":…}` or 503 `{"status":"down",…}` |
+//! | `POST /api/cache/clear` | admin | removes this namespace's keys only; logs who, when, how many |
+//! | `GET /api/cache/keys?pattern=&limit=` | admin | keys by SCAN, the pattern confined to the namespace |
+//! | `GET /api/cache/keys/{key}` | admin | a key's TTL and stored size |
+//! | `DELETE /api/cache/keys/{key}` | admin | removes a key |
+//!
+//! Admin routes need `Authorization: Bearer <token>`: 401 without it, 403 with a wrong token,
+//! and 403 for everyone when no token is configured. The comparison is constant-time. Errors are
+//! JSON `{"error": "..."}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tiercache::Cache;
+
+/// Default and largest `limit` of `GET /api/cache/keys`.
+pub const DEFAULT_KEYS_LIMIT: usize = 100;
+/// Largest accepted `limit` of `GET /api/cache/keys`.
+pub const MAX_KEYS_LIMIT: usize = 1000;
+
+/// What the admin routes need: the cache and the admin token.
+#[derive(Clone)]
+pub struct Admin {
+    cache: Cache,
+    /// `None`: admin routes answer 403 to everyone.
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Routes for `cache`, with admin routes open to holders of `token` (an empty token counts
+    /// as none).
+    pub fn new(cache: Cache, token: Option<String>) -> Self {
+        Self {
+            cache,
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        }
+    }
+}
+
+/// The routes, ready to merge into any application router.
+pub fn router<S: Clone + Send + Sync + 'static>(admin: Admin) -> Router<S> {
+    Router::new()
+        .route("/api/cache/stats", get(stats))
+        .route("/api/cache/health", get(health))
+        .route("/api/cache/clear", post(clear))
+        .route("/api/cache/keys", get(list_keys))
+        .route("/api/cache/keys/{key}", get(show_key).delete(delete_key))
+        .with_state(admin)
+}
+
+/// A JSON error response.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// A refused request: its status and message, answered as JSON.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
+}
+
+/// Checks the bearer token; `Err` is the response to send.
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(expected) = &admin.token else {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "admin routes are disabled: ADMIN_TOKEN is not set",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` header",
+        ));
+    };
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Refusal::new(StatusCode::FORBIDDEN, "invalid admin token"))
+    }
+}
+
+async fn stats(State(admin): State<Admin>) -> Response {
+    let s = admin.cache.stats().await;
+    Json(json!({
+        "total_keys": s.keys,
+        "memory_used": s.used_memory_human,
+        "memory_used_bytes": s.used_memory_bytes,
+        "hits": s.hits,
+        "misses": s.misses,
+        "hit_rate": s.hit_rate,
+        "evictions": s.evicted_keys,
+        "sets": s.sets,
+        "deletes": s.deletes,
+        "errors": s.errors,
+        "timeouts": s.timeouts,
+        "loader_runs": s.loader_runs,
+        "connected": s.connected,
+        "uptime": s.uptime.as_secs_f64(),
+        "categories": s.categories,
+    }))
+    .into_response()
+}
+
+async fn health(State(admin): State<Admin>) -> Response {
+    match admin.cache.ping().await {
+        Ok(rtt) => Json(json!({
+            "status": "up",
+            "latency_ms": rtt.as_secs_f64() * 1e3,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "down",
+                "detail": "redis is unavailable; requests are served from the database",
+                "error": e.to_string(),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn clear(State(admin): State<Admin>, request: Request) -> Response {
+    if let Err(denied) = authorize(&admin, request.headers()) {
+        return denied.into_response();
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    let agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    match admin.cache.clear().await {
+        Ok(removed) => {
+            tracing::warn!(
+                who = %format!("admin token holder at {peer} ({agent})"),
+                when = %chrono::Utc::now().to_rfc3339(),
+                namespace = admin.cache.key_space().prefix(),
+                removed,
+                "cache cleared by an administrator"
+            );
+            Json(json!({ "removed": removed, "namespace": admin.cache.key_space().prefix() }))
+                .into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis is unavailable, the clear will be applied when it returns: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct KeysQuery {
+    pattern: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_keys(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    query: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&admin, &headers) {
+        return denied.into_response();
+    }
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "invalid query string");
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_KEYS_LIMIT,
+        Some(Ok(n)) if (1..=MAX_KEYS_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`limit` must be a whole number from 1 to {MAX_KEYS_LIMIT}"),
+            );
+        }
+    };
+    let glob = query.pattern.unwrap_or_else(|| "*".to_owned());
+    if glob.len() > 256 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`pattern` is longer than 256 characters",
+        );
+    }
+    let prefix = admin.cache.key_space().prefix().to_owned();
+    // A pattern may be given with or without the namespace prefix; either way it is confined.
+    let relative = glob.strip_prefix(prefix.as_str()).unwrap_or(&glob);
+    let pattern = admin.cache.key_space().glob(relative);
+    match admin.cache.keys(&pattern, limit).await {
+        Ok(keys) => Json(json!({
+            "pattern": pattern.as_str(),
+            "count": keys.len(),
+            "keys": keys,
+        }))
+        .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis is unavailable: {e}"),
+        ),
+    }
+}
+
+fn check_key(admin: &Admin, key: &str) -> Result<(), Refusal> {
+    if admin.cache.key_space().contains(key) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "key {key:?} is outside this cache's namespace `{}`",
+                admin.cache.key_space().prefix()
+            ),
+        ))
+    }
+}
+
+async fn show_key(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&admin, &headers).and_then(|()| check_key(&admin, &key)) {
+        return denied.into_response();
+    }
+    let exists = admin.cache.stored_size(&key).await;
+    let ttl = admin.cache.raw_ttl(&key).await;
+    match (exists, ttl) {
+        (Ok(0), _) => error(StatusCode::NOT_FOUND, format!("no such key: {key}")),
+        (Ok(size), Ok(ttl)) => Json(json!({
+            "key": key,
+            "size_bytes": size,
+            "ttl_ms": ttl.map(|t| t.as_millis() as u64),
+        }))
+        .into_response(),
+        (Err(e), _) | (_, Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis is unavailable: {e}"),
+        ),
+    }
+}
+
+async fn delete_key(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&admin, &headers).and_then(|()| check_key(&admin, &key)) {
+        return denied.into_response();
+    }
+    match admin.cache.invalidate_raw(&key).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no such key: {key}")),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis is unavailable, the delete will be applied when it returns: {e}"),
+        ),
+    }
+}
