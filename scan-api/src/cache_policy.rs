@@ -141,16 +141,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_for_one_image_spares_the_others() {
+    fn an_image_pattern_is_literal_for_glob_characters() {
         let keys = KeySpace::new("test", "scan-api").unwrap();
         let pattern = keys.pattern(&Category::IMAGE_METADATA, ["image", "a*"]);
-        // Glob-metacharacters in names are encoded, so the pattern is literal.
-        assert!(!pattern.as_str().contains("a*"));
+        let rest = &pattern.as_str()[keys.prefix().len()..];
+        // The only glob syntax left is the pattern's own tail; the name's `*` is encoded.
+        assert!(rest.ends_with("[:}]*"), "{rest}");
+        let head = &rest[..rest.len() - "[:}]*".len()];
+        assert!(!head.contains(['*', '?', '[', ']', '\\']), "{head}");
+        let own = Entry::ImageLatest("a*").key(&keys);
         let other = Entry::ImageLatest("ab").key(&keys);
+        assert!(
+            own.as_str()
+                .starts_with(&pattern.as_str()[..pattern.as_str().len() - "[:}]*".len()])
+        );
         assert!(
             !other
                 .as_str()
-                .starts_with(pattern.as_str().trim_end_matches("[:}]*"))
+                .starts_with(&pattern.as_str()[..pattern.as_str().len() - "[:}]*".len()])
         );
     }
 

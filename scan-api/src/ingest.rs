@@ -26,15 +26,22 @@ pub async fn seed(
     progress: Progress<'_>,
 ) -> Result<u64, AppError> {
     let generator = Generator::new(seed);
-    for (done, index) in (start..start + count).enumerate() {
-        let body = serde_json::to_vec(&generator.report(index))
-            .map_err(|e| AppError::Internal(e.to_string()))?;
-        let scan = trivy::parse_report(&body)?;
-        store.insert_scan(&scan).await?;
-        progress(done as u64 + 1, count);
+    let mut stored = 0;
+    let result = async {
+        for index in start..start + count {
+            let body = serde_json::to_vec(&generator.report(index))
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            let scan = trivy::parse_report(&body)?;
+            store.insert_scan(&scan).await?;
+            stored += 1;
+            progress(stored, count);
+        }
+        Ok(())
     }
-    clear_after_bulk(cache, count).await;
-    Ok(count)
+    .await;
+    // Also after a failure part-way: what was stored must not be hidden by the cache.
+    clear_after_bulk(cache, stored).await;
+    result.map(|()| stored)
 }
 
 /// Stores each file; stops at the first that fails, naming it.
@@ -45,19 +52,23 @@ pub async fn import(
     progress: Progress<'_>,
 ) -> Result<u64, AppError> {
     let mut stored = 0;
-    for file in files {
-        let file = file.as_ref();
-        let body = std::fs::read(file)
-            .map_err(|e| AppError::BadRequest(format!("{}: {e}", file.display())))?;
-        let scan = trivy::parse_report(&body).map_err(|e| {
-            AppError::Unprocessable(format!("{}: {}", file.display(), AppError::from(e)))
-        })?;
-        store.insert_scan(&scan).await?;
-        stored += 1;
-        progress(stored, files.len() as u64);
+    let result = async {
+        for file in files {
+            let file = file.as_ref();
+            let body = std::fs::read(file)
+                .map_err(|e| AppError::BadRequest(format!("{}: {e}", file.display())))?;
+            let scan = trivy::parse_report(&body).map_err(|e| {
+                AppError::Unprocessable(format!("{}: {}", file.display(), AppError::from(e)))
+            })?;
+            store.insert_scan(&scan).await?;
+            stored += 1;
+            progress(stored, files.len() as u64);
+        }
+        Ok(())
     }
+    .await;
     clear_after_bulk(cache, stored).await;
-    Ok(stored)
+    result.map(|()| stored)
 }
 
 async fn clear_after_bulk(cache: &Cache, written: u64) {

@@ -316,7 +316,7 @@ pub struct CveImpact {
 /// The expensive analysis view: `GET /api/insights`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Insights {
-    /// Images, riskiest first.
+    /// The 100 riskiest images, riskiest first (every image is scored).
     pub image_risk: Vec<ImageRisk>,
     /// CVEs affecting the most images (latest scans), at most 25.
     pub top_cves: Vec<CveImpact>,
@@ -326,6 +326,8 @@ pub struct Insights {
     pub scan_count: u64,
     /// Distinct images.
     pub image_count: u64,
+    /// Images whose latest scan has any finding.
+    pub images_at_risk: u64,
     /// Findings examined (latest scans).
     pub findings_analyzed: u64,
 }

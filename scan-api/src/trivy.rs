@@ -124,6 +124,10 @@ pub fn parse_report(body: &[u8]) -> Result<NewScan, ReportError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ReportError::NotJson(e.to_string()))?;
     check_top_level(&value)?;
+    if let Some(path) = find_nul(&value, "") {
+        // PostgreSQL cannot store NUL in text, and no real report contains one.
+        return Err(invalid(path, "contains a NUL character (\\u0000)"));
+    }
 
     let raw: RawReport = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -152,6 +156,20 @@ pub fn parse_report(body: &[u8]) -> Result<NewScan, ReportError> {
         || split_reference(&artifact_name).0,
         |r| split_reference(r).0,
     );
+    if image.len() > MAX_IMAGE_NAME {
+        let source = if tags.is_empty() && digests.is_empty() {
+            "ArtifactName"
+        } else {
+            "Metadata.RepoTags"
+        };
+        return Err(invalid(
+            source,
+            format!(
+                "image name is {} bytes; at most {MAX_IMAGE_NAME} are accepted",
+                image.len()
+            ),
+        ));
+    }
     let versions: Vec<ImageVersion> = tags
         .iter()
         .chain(&digests)
@@ -164,6 +182,15 @@ pub fn parse_report(body: &[u8]) -> Result<NewScan, ReportError> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    if versions.len() > MAX_VERSIONS {
+        return Err(invalid(
+            "Metadata.RepoTags",
+            format!(
+                "{} tags and digests; at most {MAX_VERSIONS} are accepted",
+                versions.len()
+            ),
+        ));
+    }
 
     let (findings, counts) = collect_findings(raw.results.unwrap_or_default())?;
 
@@ -179,6 +206,44 @@ pub fn parse_report(body: &[u8]) -> Result<NewScan, ReportError> {
         findings,
         counts,
     })
+}
+
+/// Longest accepted image name (Docker allows 255 for a repository path; the registry host adds
+/// a little).
+pub const MAX_IMAGE_NAME: usize = 512;
+
+/// Most tags and digests accepted in one report.
+pub const MAX_VERSIONS: usize = 1000;
+
+/// The path of the first string (or object key) holding a NUL character, if any.
+fn find_nul(value: &Value, path: &str) -> Option<String> {
+    let here = || {
+        if path.is_empty() {
+            "$".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(here()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let child = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(child)
+            } else {
+                find_nul(v, &child)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Checks what typed deserialization cannot say well: an object with `SchemaVersion` 2.
@@ -328,9 +393,14 @@ fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .ok_or(e)
     });
-    parsed
+    let t = parsed
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("not an RFC 3339 timestamp ({e})"))
+        .map_err(|e| format!("not an RFC 3339 timestamp ({e})"))?;
+    // Offsets can push the UTC time out of the four-digit years the timestamp format holds.
+    if !(1..=9999).contains(&chrono::Datelike::year(&t)) {
+        return Err("is outside the years 0001 to 9999 in UTC".into());
+    }
+    Ok(t)
 }
 
 /// `s` with its seconds fraction cut to 9 digits, if it has a longer one.
@@ -1055,6 +1125,49 @@ mod tests {
         fn split_reference_never_panics(s in "\\PC{0,40}") {
             let (repo, _) = split_reference(&s);
             prop_assert!(repo.len() <= s.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(body: Value) -> String {
+        match parse_report(body.to_string().as_bytes()) {
+            Err(ReportError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_path() {
+        let body = json!({"SchemaVersion": 2, "ArtifactName": "a", "Results": [
+            {"Target": "t", "Vulnerabilities": [{"VulnerabilityID": "CVE-1", "PkgName": "p\u{0}q", "Severity": "LOW"}]}]});
+        assert_eq!(field_of(body), "Results[0].Vulnerabilities[0].PkgName");
+    }
+
+    #[test]
+    fn overlong_image_names_and_too_many_versions_are_refused() {
+        let long = format!("registry.example.com/{}", "x".repeat(600));
+        assert_eq!(
+            field_of(json!({"SchemaVersion": 2, "ArtifactName": long})),
+            "ArtifactName"
+        );
+        let tags: Vec<String> = (0..=MAX_VERSIONS).map(|i| format!("app:v{i}")).collect();
+        let body =
+            json!({"SchemaVersion": 2, "ArtifactName": "app", "Metadata": {"RepoTags": tags}});
+        assert_eq!(field_of(body), "Metadata.RepoTags");
+    }
+
+    #[test]
+    fn timestamps_outside_four_digit_years_are_refused() {
+        for t in ["0000-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"] {
+            assert_eq!(
+                field_of(json!({"SchemaVersion": 2, "ArtifactName": "a", "CreatedAt": t})),
+                "CreatedAt"
+            );
         }
     }
 }

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tiercache::Cache;
 
@@ -104,18 +105,26 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Refusal> {
             "admin routes are disabled: ADMIN_TOKEN is not set",
         ));
     };
+    // The scheme is case-insensitive (RFC 7235).
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer <token>` header",
         ));
     };
-    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+    // Digests first, so that neither the comparison's time nor its early exit on a length
+    // mismatch says anything about the token.
+    let (presented, expected) = (
+        Sha256::digest(presented.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    if bool::from(presented.as_slice().ct_eq(expected.as_slice())) {
         Ok(())
     } else {
         Err(Refusal::new(StatusCode::FORBIDDEN, "invalid admin token"))

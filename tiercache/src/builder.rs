@@ -264,8 +264,9 @@ impl CacheBuilder {
     }
 
     /// Whether to use Redis at all (default true). A disabled cache never connects: every read
-    /// is a miss with status [`CacheStatus::Bypass`](crate::CacheStatus), every load runs (still
-    /// coalesced), and nothing is stored. For benchmarks and for comparing against the source.
+    /// is a miss with status [`CacheStatus::Bypass`](crate::CacheStatus), every load runs (not
+    /// coalesced either), and nothing is stored. For benchmarks and for comparing against the
+    /// source.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
         self
@@ -349,6 +350,7 @@ impl CacheBuilder {
             fill_guard: tokio::sync::RwLock::new(()),
             epoch: std::sync::atomic::AtomicU64::new(0),
             _probe: probe,
+            enabled: self.enabled,
         }))
     }
 }

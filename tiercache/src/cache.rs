@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) epoch: AtomicU64,
     /// Held to keep the recovery task alive; `None` when the cache is disabled.
     pub(crate) _probe: Option<TaskGuard>,
+    /// `false`: a pass-through that never touches Redis and never coalesces.
+    pub(crate) enabled: bool,
 }
 
 impl Cache {
@@ -277,6 +279,19 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>>,
     {
+        if !self.inner.enabled {
+            // A disabled cache is a plain pass-through: no Redis, no coalescing.
+            self.inner.counters.miss(key.category());
+            self.inner.counters.loader_run();
+            return init
+                .await
+                .map(|v| (v, CacheStatus::Bypass))
+                .map_err(Arc::new);
+        }
+        // Read before anything else: a value loaded from the source may be stored only if no
+        // invalidation started since, and callers that arrive after an invalidation never join
+        // a load that began before it (the flight is named by the epoch).
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
         let reachable = match self.read(key).await {
@@ -284,10 +299,11 @@ impl Cache {
             Ok(None) => true,
             Err(_) => false,
         };
+        let flight = flight_name(epoch, key);
         let value = self
             .inner
             .loads
-            .run(key.as_str(), |publish| async move {
+            .run(&flight, |publish| async move {
                 let mut reachable = reachable;
                 // A load that finished between our miss and our taking the lead has stored its
                 // value: use it rather than load again.
@@ -298,7 +314,6 @@ impl Cache {
                         Err(_) => reachable = false,
                     }
                 }
-                let epoch = self.inner.epoch.load(Ordering::SeqCst);
                 self.inner.counters.loader_run();
                 let value = init.await.map_err(Arc::new)?;
                 // Waiters need not wait for the store (up to an op timeout if Redis hangs).
@@ -460,7 +475,8 @@ impl Cache {
     /// Number of callers waiting for the load of `key` now in flight in this process (0 when
     /// none is). For diagnostics and tests.
     pub fn loads_waiting(&self, key: &Key) -> usize {
-        self.inner.loads.waiters(key.as_str())
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        self.inner.loads.waiters(&flight_name(epoch, key))
     }
 
     fn check_raw(&self, raw_key: &str) -> Result<()> {
@@ -513,6 +529,11 @@ impl Cache {
         stats.connected = self.is_connected();
         stats
     }
+}
+
+/// The coalescing name of a load of `key` that started at invalidation `epoch`.
+fn flight_name(epoch: u64, key: &Key) -> String {
+    format!("{epoch}#{}", key.as_str())
 }
 
 /// Logs an invalidation that will be replayed later. While the breaker is open the outage has

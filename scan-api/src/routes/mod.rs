@@ -35,11 +35,12 @@ where
         .try_get_with_status(&key, async {
             let value = load.await?;
             serde_json::to_vec(&value)
+                .map(JsonBody)
                 .map_err(|e| AppError::Internal(format!("encoding JSON: {e}")))
         })
         .await;
     match result {
-        Ok((body, status)) => (
+        Ok((JsonBody(body), status)) => (
             [
                 (CONTENT_TYPE, HeaderValue::from_static("application/json")),
                 (X_CACHE, HeaderValue::from_static(status.as_str())),
@@ -47,9 +48,25 @@ where
             body,
         )
             .into_response(),
-        Err(e) => e.as_ref().into_response(),
+        Err(e) => {
+            // Errors are never cached: the request missed (or bypassed a Redis that is away).
+            let status = if state.cache.is_connected() {
+                "MISS"
+            } else {
+                "BYPASS"
+            };
+            let mut response = e.as_ref().into_response();
+            response
+                .headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static(status));
+            response
+        }
     }
 }
+
+/// A response body as cached: JSON bytes, stored as one byte string.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct JsonBody(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// Largest `limit` of list endpoints.
 pub const MAX_LIMIT: i64 = 1000;

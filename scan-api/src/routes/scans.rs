@@ -38,9 +38,18 @@ async fn create(
         }
     })?;
     let scan = trivy::parse_report(&body)?;
-    let stored = state.store.insert_scan(&scan).await?;
-    invalidate_after_write(&state.cache, &stored.image, stored.id).await;
-    tracing::info!(id = stored.id, image = %stored.image, findings = scan.findings.len(), "scan stored");
+    let findings = scan.findings.len();
+    // In a task of its own: if the client goes away, the handler future is dropped, but a
+    // committed write must still be followed by its invalidation.
+    let writer = state.clone();
+    let stored = tokio::spawn(async move {
+        let stored = writer.store.insert_scan(&scan).await?;
+        invalidate_after_write(&writer.cache, &stored.image, stored.id).await;
+        Ok::<_, AppError>(stored)
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("write task failed: {e}")))??;
+    tracing::info!(id = stored.id, image = %stored.image, findings, "scan stored");
     let mut body = serde_json::to_value(&stored)
         .map_err(|e| AppError::Internal(format!("encoding JSON: {e}")))?;
     if let Some(obj) = body.as_object_mut() {
@@ -87,12 +96,18 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
-    let image = state
-        .store
-        .delete_scan(id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))?;
-    invalidate_after_write(&state.cache, &image, id).await;
+    // In a task of its own, like `create`: the invalidation must follow the commit.
+    let writer = state.clone();
+    let image = tokio::spawn(async move {
+        let image = writer.store.delete_scan(id).await?;
+        if let Some(image) = &image {
+            invalidate_after_write(&writer.cache, image, id).await;
+        }
+        Ok::<_, AppError>(image)
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("write task failed: {e}")))??
+    .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))?;
     tracing::info!(id, image = %image, "scan deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -29,6 +29,9 @@ const NO_FIX_FACTOR: f64 = 1.5;
 /// How many CVEs the insights list.
 const TOP_CVES: usize = 25;
 
+/// How many images the insights list by risk (all are scored).
+const TOP_IMAGES: usize = 100;
+
 impl Store {
     /// Findings aggregated by (vulnerability, severity, package, installed and fixed version),
     /// with the images affected; over every scan, or over each image's latest scan only.
@@ -186,6 +189,8 @@ impl Store {
                 .total_cmp(&a.risk_score)
                 .then_with(|| a.image.cmp(&b.image))
         });
+        let images_at_risk = image_risk.iter().filter(|r| r.risk_score > 0.0).count() as u64;
+        image_risk.truncate(TOP_IMAGES);
         let mut top_cves: Vec<CveImpact> = cves
             .into_iter()
             .map(|(id, (severity, imgs, pkgs))| CveImpact {
@@ -208,6 +213,7 @@ impl Store {
             severity_totals: totals,
             scan_count: scans.len() as u64,
             image_count: images.len() as u64,
+            images_at_risk,
             findings_analyzed: rows.len() as u64,
         })
     }

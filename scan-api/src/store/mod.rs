@@ -99,7 +99,15 @@ impl Store {
             .connect(&url)
             .await?;
         match backend {
-            Backend::Sqlite => MIGRATE_SQLITE.run(&pool).await?,
+            Backend::Sqlite => {
+                MIGRATE_SQLITE.run(&pool).await?;
+                // Readers and the writer do not block each other in WAL mode (persistent).
+                if !url.contains(":memory:") {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&pool)
+                        .await?;
+                }
+            }
             Backend::Postgres => MIGRATE_POSTGRES.run(&pool).await?,
         }
         Ok(Self {

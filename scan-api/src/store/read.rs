@@ -17,6 +17,11 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<ScanSummary>, StoreError> {
+        if image.is_some_and(|i| i.contains('\0')) {
+            // No stored name holds NUL (reports with one are refused), and PostgreSQL would
+            // reject the parameter.
+            return Ok(Vec::new());
+        }
         let rows = match image {
             Some(image) => {
                 let sql = format!(
@@ -95,9 +100,7 @@ impl Store {
 
     /// Every image with its latest scan, by name.
     pub async fn images(&self) -> Result<Vec<ImageEntry>, StoreError> {
-        let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM scans s WHERE s.id IN ({LATEST_IDS}) ORDER BY s.image"
-        );
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM scans s WHERE s.id IN ({LATEST_IDS})");
         self.count(1);
         let latest = sqlx::query(trusted(sql)).fetch_all(&self.pool).await?;
         self.count(1);
@@ -110,7 +113,7 @@ impl Store {
             let n: i64 = r.try_get("n")?;
             scan_counts.insert(image, n);
         }
-        latest
+        let mut out = latest
             .iter()
             .map(|row| {
                 let latest = summary_from_row(row)?;
@@ -120,11 +123,17 @@ impl Store {
                     latest,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Sorted here, by bytes, so both backends agree (SQL collations differ).
+        out.sort_by(|a, b| a.image.cmp(&b.image));
+        Ok(out)
     }
 
     /// The latest scan of `image`, if it has any.
     pub async fn image_latest(&self, image: &str) -> Result<Option<ScanSummary>, StoreError> {
+        if image.contains('\0') {
+            return Ok(None);
+        }
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS} FROM scans s WHERE s.image = $1 \
              ORDER BY s.scanned_at_us DESC, s.id DESC LIMIT 1"
@@ -143,6 +152,9 @@ impl Store {
         &self,
         image: &str,
     ) -> Result<Option<Vec<VersionEntry>>, StoreError> {
+        if image.contains('\0') {
+            return Ok(None);
+        }
         self.count(1);
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT id FROM scans WHERE image = $1 LIMIT 1")

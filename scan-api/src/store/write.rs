@@ -114,18 +114,20 @@ impl Store {
     /// Deletes a scan; returns its image, or `None` if there was no such scan.
     pub async fn delete_scan(&self, id: i64) -> Result<Option<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The write comes first, so SQLite takes its write lock at once instead of upgrading a
+        // read lock (which fails with SQLITE_BUSY when another writer holds it).
         self.count(1);
-        let image: Option<String> = sqlx::query_scalar("SELECT image FROM scans WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let image: Option<String> =
+            sqlx::query_scalar("DELETE FROM scans WHERE id = $1 RETURNING image")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(image) = image else {
             return Ok(None);
         };
         for sql in [
             "DELETE FROM findings WHERE scan_id = $1",
             "DELETE FROM scan_versions WHERE scan_id = $1",
-            "DELETE FROM scans WHERE id = $1",
         ] {
             self.count(1);
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;

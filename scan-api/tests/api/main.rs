@@ -13,4 +13,5 @@ mod consistency;
 mod errors;
 mod faults;
 mod fixtures;
+mod latest;
 mod stats;

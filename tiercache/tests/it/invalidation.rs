@@ -232,3 +232,38 @@ async fn a_slow_reader_never_stores_a_value_an_invalidation_made_stale() {
         "new"
     );
 }
+
+/// A caller that arrives after an invalidation does not join a load that began before it: that
+/// load may have read the source before the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_after_an_invalidation_never_join_an_older_load() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let key = cache.key(&Category::ANALYSIS, ["slow"]);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let old_reader = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move {
+            cache
+                .get_with(&key, async move {
+                    started_tx.send(()).unwrap();
+                    release_rx.await.unwrap();
+                    "old".to_string()
+                })
+                .await
+        })
+    };
+    started_rx.await.unwrap();
+    cache.invalidate(&key).await;
+    let fresh = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_with(&key, async { "new".to_string() }),
+    )
+    .await
+    .expect("the new caller must not wait for the older load");
+    assert_eq!(fresh, "new");
+    release_tx.send(()).unwrap();
+    assert_eq!(old_reader.await.unwrap(), "old");
+    assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("new"));
+}
