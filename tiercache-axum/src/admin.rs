@@ -313,3 +313,103 @@ async fn delete_key(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+
+    async fn call(
+        app: Router,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = HttpRequest::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn app(token: Option<&str>) -> Router {
+        let cache = Cache::builder().enabled(false).build().await.unwrap();
+        router(Admin::new(cache, token.map(str::to_owned)))
+    }
+
+    #[tokio::test]
+    async fn the_token_is_checked_before_anything_else() {
+        let a = app(Some("s3cret")).await;
+        let (s, body) = call(a.clone(), "POST", "/api/cache/clear", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(body["error"].as_str().unwrap().contains("Bearer"));
+        assert_eq!(
+            call(a.clone(), "POST", "/api/cache/clear", Some("Bearer nope"))
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(a.clone(), "POST", "/api/cache/clear", Some("Basic s3cret"))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        // Authorized (scheme in any case); the disabled cache cannot clear: 503, not 401/403.
+        assert_eq!(
+            call(a.clone(), "POST", "/api/cache/clear", Some("bearer s3cret"))
+                .await
+                .0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (s, body) = call(
+            a.clone(),
+            "GET",
+            "/api/cache/keys/elsewhere:x",
+            Some("Bearer s3cret"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            call(
+                a,
+                "GET",
+                "/api/cache/keys?limit=5000",
+                Some("Bearer s3cret")
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST
+        );
+        // No token configured, or an empty one: closed to everyone.
+        for token in [None, Some("")] {
+            let (s, body) = call(
+                app(token).await,
+                "POST",
+                "/api/cache/clear",
+                Some("Bearer "),
+            )
+            .await;
+            assert_eq!(s, StatusCode::FORBIDDEN);
+            assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"));
+        }
+    }
+
+    #[tokio::test]
+    async fn health_says_down_without_redis() {
+        let (s, body) = call(app(None).await, "GET", "/api/cache/health", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "down");
+        let (s, body) = call(app(None).await, "GET", "/api/cache/stats", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["connected"], false);
+    }
+}

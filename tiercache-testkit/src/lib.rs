@@ -12,6 +12,7 @@
 //!
 //! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
+//! - `process`: free ports, signals to our own children, and [`wait_until`] for tests.
 //! - `postgres_server`: [`PostgresServer`], a private PostgreSQL cluster (`initdb` +
 //!   postmaster on a free loopback port) per test or shared by a test binary, with
 //!   [`PostgresServer::create_database`] for a fresh database per test. Needs the server
@@ -48,7 +49,9 @@
 //! ```
 
 mod postgres_server;
+mod process;
 mod redis_server;
 
 pub use postgres_server::PostgresServer;
+pub use process::wait_until;
 pub use redis_server::RedisServer;

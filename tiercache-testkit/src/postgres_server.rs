@@ -24,8 +24,6 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io;
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::process::{free_port, signal};
 
 /// Panic message when no PostgreSQL server binaries can be found.
 const NOT_FOUND: &str =
@@ -595,15 +595,6 @@ fn pg_command(program: impl AsRef<OsStr>) -> Command {
     command
 }
 
-/// Asks the kernel for a free loopback port. The listener is dropped before the server
-/// binds, so another process may grab the port in between; callers retry on that.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("could not bind 127.0.0.1:0 to find a free port")
-}
-
 fn log_path(dir: &Path) -> PathBuf {
     dir.join("postgres.log")
 }
@@ -632,24 +623,6 @@ fn log_tail(dir: &Path) -> String {
         "\n--- tail of {} ---\n{tail}\n--- end of log ---",
         log_path(dir).display()
     )
-}
-
-/// Sends `SIG<name>` to `pid` with the `kill` utility.
-fn signal(pid: u32, name: &str) -> io::Result<()> {
-    let output = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`kill -{name} {pid}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
 }
 
 #[cfg(test)]

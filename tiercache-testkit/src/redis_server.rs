@@ -12,13 +12,15 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::process::{free_port, signal};
 
 /// Name of the binary looked up on `PATH`.
 const BINARY: &str = "redis-server";
@@ -415,15 +417,6 @@ enum Probe {
     Foreign,
 }
 
-/// Asks the kernel for a free loopback port. The listener is dropped before the server
-/// binds, so another process may grab the port in between; callers retry on that.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("could not bind 127.0.0.1:0 to find a free port")
-}
-
 /// The value following the last `--requirepass` argument, if any.
 fn requirepass(args: &[String]) -> Option<String> {
     args.windows(2)
@@ -431,24 +424,6 @@ fn requirepass(args: &[String]) -> Option<String> {
         .find(|pair| pair[0] == "--requirepass")
         .map(|pair| pair[1].clone())
         .filter(|password| !password.is_empty())
-}
-
-/// Sends `SIG<name>` to `pid` with the `kill` utility.
-fn signal(pid: u32, name: &str) -> io::Result<()> {
-    let output = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`kill -{name} {pid}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
 }
 
 /// Waits (up to 1 s) until `/proc` reports `pid` as stopped, so a pause is in effect when

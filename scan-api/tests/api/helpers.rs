@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use scan_api::store::Store;
@@ -236,24 +235,7 @@ pub(crate) fn encode(segment: &str) -> String {
     out
 }
 
-/// Polls `cond` until it holds or `limit` passes.
-pub(crate) async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub(crate) use tiercache_testkit::wait_until;
 
 /// A small valid report for `image:tag` with the given severities.
 pub(crate) fn report(image: &str, tag: &str, severities: &[&str]) -> Vec<u8> {

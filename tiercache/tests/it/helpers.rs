@@ -2,7 +2,6 @@
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use tiercache::{Cache, CacheBuilder};
 use tiercache_testkit::RedisServer;
@@ -46,24 +45,7 @@ pub(crate) async fn cache(server: &RedisServer) -> Cache {
         .expect("valid test configuration")
 }
 
-/// Polls `cond` until it holds or `limit` passes; panics with `what` on timeout.
-pub(crate) async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub(crate) use tiercache_testkit::wait_until;
 
 /// `calls=N` of one command in `INFO commandstats`, 0 if it was never called.
 pub(crate) fn command_calls(server: &RedisServer, command: &str) -> u64 {
