@@ -12,6 +12,8 @@
 //!
 //! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
+//! - `fault_proxy`: [`FaultProxy`], a TCP proxy that can black-hole existing connections
+//!   (a peer that vanished without a reset) while new ones work.
 //! - `process`: free ports, signals to our own children, and [`wait_until`] for tests.
 //! - `postgres_server`: [`PostgresServer`], a private PostgreSQL cluster (`initdb` +
 //!   postmaster on a free loopback port) per test or shared by a test binary, with
@@ -48,10 +50,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod fault_proxy;
 mod postgres_server;
 mod process;
 mod redis_server;
 
+pub use fault_proxy::FaultProxy;
 pub use postgres_server::PostgresServer;
 pub use process::wait_until;
 pub use redis_server::RedisServer;

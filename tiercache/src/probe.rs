@@ -35,6 +35,10 @@ pub(crate) fn spawn(
     TaskGuard(tokio::spawn(recover_forever(remote, pending, cooldown)))
 }
 
+/// Probe timeouts in a row after which the connection is replaced: its peer may be gone
+/// without a reset, and the connection manager would wait for TCP to give up.
+const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
+
 async fn recover_forever(
     remote: Arc<Remote>,
     pending: Arc<PendingInvalidations>,
@@ -43,10 +47,22 @@ async fn recover_forever(
     loop {
         remote.breaker.wait_open().await;
         let outage = Instant::now();
+        let mut timeouts = 0;
         loop {
             tokio::time::sleep(cooldown).await;
-            let Ok(rtt) = remote.probe().await else {
-                continue;
+            let rtt = match remote.probe().await {
+                Ok(rtt) => rtt,
+                Err(e) => {
+                    timeouts = if e.is_timeout() { timeouts + 1 } else { 0 };
+                    if timeouts >= RECONNECT_AFTER_TIMEOUTS {
+                        timeouts = 0;
+                        tracing::warn!(addr = %remote.addr, "redis does not answer on its connection; opening a new one");
+                        if let Err(e) = remote.reconnect() {
+                            tracing::warn!(addr = %remote.addr, error = %e, "cannot create a new redis connection");
+                        }
+                    }
+                    continue;
+                }
             };
             if pending.replay(&remote).await.is_err() {
                 continue;

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionInfo, RedisResult};
 
@@ -48,7 +49,12 @@ pub(crate) struct RemoteConfig {
 #[derive(Debug)]
 pub(crate) struct Remote {
     /// Cheap to clone (an `Arc` inside); each call clones it because commands need `&mut`.
-    conn: ConnectionManager,
+    /// Behind an `ArcSwap` so that recovery can replace it (see [`Remote::reconnect`]) while
+    /// calls keep reading it without a lock.
+    conn: ArcSwap<ConnectionManager>,
+    /// What a replacement connection manager is built from.
+    client: Client,
+    manager_config: ConnectionManagerConfig,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     scan_count: usize,
@@ -73,10 +79,12 @@ impl Remote {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
             .map_err(|e| Error::config("url", e.to_string()))?;
         Ok(Self {
-            conn,
+            conn: ArcSwap::from_pointee(conn),
+            client,
+            manager_config,
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
             scan_count: config.scan_count,
@@ -108,7 +116,8 @@ impl Remote {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match tokio::time::timeout(limit, f(self.conn.clone())).await {
+        let conn = ConnectionManager::clone(&self.conn.load());
+        match tokio::time::timeout(limit, f(conn)).await {
             Ok(Ok(v)) => {
                 self.breaker.record_success();
                 Ok(v)
@@ -335,6 +344,22 @@ impl Remote {
             })
             .await?;
         Ok(parse_info(&text))
+    }
+
+    /// Replaces the connection manager with a new one that connects afresh.
+    ///
+    /// The manager reconnects by itself only when its connection *fails*. A connection whose
+    /// peer vanished without a reset (a network partition, a moved VIP, a failover) just stops
+    /// answering until TCP gives up, which takes many minutes; recovery calls this after
+    /// repeated probe timeouts. Calls in flight finish on the old connection.
+    pub(crate) fn reconnect(&self) -> Result<()> {
+        let fresh = ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.manager_config.clone(),
+        )
+        .map_err(Error::Redis)?;
+        self.conn.store(Arc::new(fresh));
+        Ok(())
     }
 
     /// PING through the breaker, returning the round-trip time.

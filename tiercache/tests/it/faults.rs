@@ -230,3 +230,40 @@ async fn restarts_in_the_middle_of_load_never_fail_a_caller() {
         "first hit {recovered:?}"
     );
 }
+
+/// A connection whose peer vanished without a reset never answers again, though a new
+/// connection would: recovery replaces it instead of waiting minutes for TCP to give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_connection_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = tiercache_testkit::FaultProxy::start(server.addr());
+    let cache = builder(&server)
+        .url(proxy.url())
+        .op_timeout(OP_TIMEOUT)
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let key = cache.key(&Category::SCAN_RESULTS, ["through-proxy"]);
+    cache.insert(&key, &1u32).await;
+    assert_eq!(cache.get::<u32>(&key).await, Some(1));
+
+    proxy.blackhole_existing();
+    calls_stay_bounded(&cache, "black-holed", 5).await;
+    wait_until(Duration::from_secs(2), "the breaker to open", || async {
+        !cache.is_connected()
+    })
+    .await;
+    let took = wait_until(
+        Duration::from_secs(10),
+        "recovery on a new connection",
+        || async { cache.is_connected() },
+    )
+    .await;
+    assert_eq!(
+        cache.get::<u32>(&key).await,
+        Some(1),
+        "served again, on the new connection"
+    );
+    eprintln!("recovered from a black-holed connection in {took:?}");
+}
