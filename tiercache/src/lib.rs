@@ -39,7 +39,9 @@
 //! # Failure model
 //! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`
 //! consecutive failures the breaker opens and calls skip Redis entirely (a few nanoseconds); a
-//! background probe PINGs every `breaker_cooldown` and closes it when Redis answers. A failed
+//! background probe PINGs every `breaker_cooldown` and closes it when Redis answers; after three
+//! probe timeouts in a row it replaces the connection, in case its peer vanished without a
+//! reset (a partition or a failover) and only a new connection can reach Redis. A failed
 //! invalidation opens the breaker at once and is replayed before the breaker closes, so a value
 //! invalidated by an acknowledged write is never served.
 

@@ -1,6 +1,8 @@
 //! The background recovery task: reconnects the cache to Redis after an outage.
 //!
 //! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
+//! After three timeouts in a row it replaces the connection, whose peer may have vanished
+//! without a reset.
 //! When Redis answers, it replays the invalidations that were lost during the outage and only
 //! then closes the breaker, so the cache never serves a value that an acknowledged write
 //! invalidated. With the defaults the first hit after Redis returns follows within about 300 ms.
