@@ -51,6 +51,13 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// Logs the cause of a 5xx, once per failure.
+    pub fn log(&self) {
+        tracing::error!(error = %self, "request failed");
+    }
+}
+
 impl From<ReportError> for AppError {
     fn from(e: ReportError) -> Self {
         match e {
@@ -62,16 +69,20 @@ impl From<ReportError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        if self.status_code().is_server_error() {
+            self.log();
+        }
         (&self).into_response()
     }
 }
 
-/// Lets handlers return the shared `Arc<AppError>` that coalesced loads hand out.
+/// Lets handlers answer with the shared `Arc<AppError>` that coalesced loads hand to every
+/// waiter. It does not log: the load that failed logged its error once (see
+/// [`AppError::log`]).
 impl IntoResponse for &AppError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let message = if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
             "internal error".to_owned()
         } else {
             self.to_string()

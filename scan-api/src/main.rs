@@ -73,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn build_cache(common: &Common) -> anyhow::Result<Cache> {
+    // From the environment for REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB; the flags (which
+    // read the same variables) win for the rest.
     let builder = CacheBuilder::from_env()
         .url(common.redis_url.clone())
         .namespace(common.cache_namespace.clone())

@@ -87,17 +87,6 @@ impl SeverityCounts {
         *slot = slot.saturating_add(n);
     }
 
-    /// The count for `severity`.
-    pub fn get(&self, severity: Severity) -> u32 {
-        match severity {
-            Severity::Critical => self.critical,
-            Severity::High => self.high,
-            Severity::Medium => self.medium,
-            Severity::Low => self.low,
-            Severity::Unknown => self.unknown,
-        }
-    }
-
     fn slot(&mut self, severity: Severity) -> &mut u32 {
         match severity {
             Severity::Critical => &mut self.critical,

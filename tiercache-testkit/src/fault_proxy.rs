@@ -18,8 +18,8 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 struct State {
     upstream: SocketAddr,
-    /// Connections accepted before this generation carry no more bytes.
-    cutoff: AtomicU64,
+    /// Bumped by each black-holing: connections accepted in an older generation carry no
+    /// more bytes.
     generation: AtomicU64,
     stop: AtomicBool,
 }
@@ -42,7 +42,6 @@ impl FaultProxy {
             .expect("fault proxy: no local address");
         let state = Arc::new(State {
             upstream,
-            cutoff: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -70,8 +69,7 @@ impl FaultProxy {
     /// From now on, connections opened so far carry no bytes in either direction, but stay
     /// open: their peer seems to have vanished. Connections opened later work normally.
     pub fn blackhole_existing(&self) {
-        let next = self.state.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.state.cutoff.store(next, Ordering::SeqCst);
+        self.state.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -119,7 +117,7 @@ fn copy(mut from: TcpStream, mut to: TcpStream, state: &State, generation: u64) 
         }
         let read = from.read(&mut buf);
         // Looked at after the read: bytes that arrive once the hole is made are dropped.
-        let blackholed = generation < state.cutoff.load(Ordering::SeqCst);
+        let blackholed = generation < state.generation.load(Ordering::SeqCst);
         match read {
             Ok(0) => break,
             Ok(_) if blackholed => {}

@@ -124,11 +124,16 @@ impl Cache {
     /// as a miss), so that `try_get_with` can skip its remaining Redis calls.
     async fn read<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
         let value = self.peek(key).await;
-        match &value {
-            Ok(Some(_)) => self.inner.counters.hit(key.category()),
-            _ => self.inner.counters.miss(key.category()),
-        }
+        self.count_read(key, matches!(value, Ok(Some(_))));
         value
+    }
+
+    fn count_read(&self, key: &Key, hit: bool) {
+        if hit {
+            self.inner.counters.hit(key.category());
+        } else {
+            self.inner.counters.miss(key.category());
+        }
     }
 
     /// Reads and decodes without counting a hit or miss.
@@ -145,7 +150,7 @@ impl Cache {
             Err(e) => {
                 tracing::warn!(key, error = %e, "cached value does not decode; deleting it");
                 // Best effort: if this fails, the next read finds the same bytes and tries again.
-                let _ = self.inner.remote.unlink(&[key]).await;
+                let _ = self.inner.remote.unlink(&[key], true).await;
                 None
             }
         }
@@ -205,11 +210,7 @@ impl Cache {
                 Some(b) => self.decode_or_discard(key.as_str(), &b).await,
                 None => None,
             };
-            if value.is_some() {
-                self.inner.counters.hit(key.category());
-            } else {
-                self.inner.counters.miss(key.category());
-            }
+            self.count_read(key, value.is_some());
             out.push(value);
         }
         out
@@ -355,32 +356,37 @@ impl Cache {
     /// Removes `key`. Never fails: if Redis cannot be reached the invalidation is kept and
     /// applied before anything is read from Redis again (see `invalidation`).
     pub async fn invalidate(&self, key: &Key) {
+        let _ = self.unlink_key(key.as_str()).await;
+    }
+
+    /// Removes one key, exclusively of fills; a failure is recorded for replay. Returns how
+    /// many keys were removed (0 or 1).
+    async fn unlink_key(&self, key: &str) -> Result<u64> {
+        if !self.inner.enabled {
+            return Ok(0);
+        }
         let result = self
-            .invalidating(self.inner.remote.unlink(&[key.as_str()]))
+            .invalidating(self.inner.remote.unlink(&[key], true))
             .await;
-        match result {
+        match &result {
             Ok(removed) => {
-                self.inner.counters.deletes(removed);
-                tracing::info!(key = key.as_str(), removed, "invalidated key");
+                self.inner.counters.deletes(*removed);
+                tracing::info!(key, removed, "invalidated key");
             }
             Err(e) => {
-                self.inner.pending.record_key(key.as_str());
+                self.inner.pending.record_key(key);
                 self.owe_invalidation();
-                log_deferred(&e, key.as_str(), "invalidation");
+                log_deferred(e, key, "invalidation");
             }
         }
+        result
     }
 
     /// Removes every key matching `pattern` (SCAN + UNLINK in batches, never KEYS) and returns
     /// how many were removed. On failure the invalidation is also kept and applied before
     /// anything is read from Redis again.
     pub async fn invalidate_pattern(&self, pattern: &Pattern) -> Result<u64> {
-        if !pattern.as_str().starts_with(self.inner.keys.prefix()) {
-            return Err(Error::config(
-                "pattern",
-                format!("{pattern} is outside this cache's namespace"),
-            ));
-        }
+        self.check_pattern(pattern)?;
         self.unlink_matching(pattern, "invalidated keys by pattern")
             .await
     }
@@ -392,6 +398,9 @@ impl Cache {
     }
 
     async fn unlink_matching(&self, pattern: &Pattern, what: &'static str) -> Result<u64> {
+        if !self.inner.enabled {
+            return Ok(0);
+        }
         let result = self
             .invalidating(self.inner.remote.unlink_matching(pattern, true))
             .await;
@@ -443,22 +452,7 @@ impl Cache {
     /// Removes a raw key of this namespace; returns whether it existed.
     pub async fn invalidate_raw(&self, raw_key: &str) -> Result<bool> {
         self.check_raw(raw_key)?;
-        let result = self
-            .invalidating(self.inner.remote.unlink(&[raw_key]))
-            .await;
-        match result {
-            Ok(removed) => {
-                self.inner.counters.deletes(removed);
-                tracing::info!(key = raw_key, removed, "invalidated key");
-                Ok(removed > 0)
-            }
-            Err(e) => {
-                self.inner.pending.record_key(raw_key);
-                self.owe_invalidation();
-                log_deferred(&e, raw_key, "invalidation");
-                Err(e)
-            }
-        }
+        Ok(self.unlink_key(raw_key).await? > 0)
     }
 
     fn check_pattern(&self, pattern: &Pattern) -> Result<()> {

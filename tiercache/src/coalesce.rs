@@ -81,6 +81,16 @@ impl Publish<'_> {
         id: u64::MAX,
     };
 
+    /// Whether a result was published already.
+    fn published(&self) -> bool {
+        self.coalescer.is_some_and(|c| {
+            c.lock()
+                .get(self.key)
+                .filter(|f| f.id == self.id)
+                .is_some_and(|f| f.tx.borrow().is_some())
+        })
+    }
+
     /// Wakes the waiters with `result`. Later calls replace it for callers still to come.
     pub(crate) fn publish<R: Send + Sync + 'static>(&self, result: R) {
         let Some(coalescer) = self.coalescer else {
@@ -155,7 +165,9 @@ impl Coalescer {
                         id,
                     };
                     let result = f(publish).await;
-                    publish.publish(result.clone());
+                    if !publish.published() {
+                        publish.publish(result.clone());
+                    }
                     drop(guard);
                     return result;
                 }

@@ -114,7 +114,7 @@ impl PendingInvalidations {
         let mut removed = 0;
         let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
         for chunk in keys.chunks(500) {
-            removed += remote.unlink_unguarded(chunk).await?;
+            removed += remote.unlink(chunk, false).await?;
         }
         for p in &batch.patterns {
             removed += remote.unlink_matching(p, false).await?;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionInfo, RedisResult};
+use redis::{Client, ConnectionInfo, RedisResult, ToRedisArgs};
 
 use crate::breaker::Breaker;
 use crate::error::{Error, Result};
@@ -199,12 +199,36 @@ impl Remote {
         .await
     }
 
-    /// `UNLINK`: returns how many of `keys` existed.
-    pub(crate) async fn unlink(&self, keys: &[&str]) -> Result<u64> {
-        self.call("UNLINK", |mut c| async move {
+    /// `UNLINK`: returns how many of `keys` existed. `guarded: false` ignores the breaker
+    /// (for replaying invalidations during recovery).
+    pub(crate) async fn unlink<K: ToRedisArgs + Sync>(
+        &self,
+        keys: &[K],
+        guarded: bool,
+    ) -> Result<u64> {
+        self.call_maybe_guarded("UNLINK", guarded, |mut c| async move {
             redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
         })
         .await
+    }
+
+    /// [`call`](Self::call), or with `guarded: false` [`call_unguarded`](Self::call_unguarded)
+    /// with the connect timeout.
+    async fn call_maybe_guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        guarded: bool,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if guarded {
+            self.call(op, f).await
+        } else {
+            self.call_unguarded(op, self.connect_timeout, f).await
+        }
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
@@ -250,11 +274,7 @@ impl Remote {
                 .query_async(&mut c)
                 .await
         };
-        if guarded {
-            self.call("SCAN", f).await
-        } else {
-            self.call_unguarded("SCAN", self.connect_timeout, f).await
-        }
+        self.call_maybe_guarded("SCAN", guarded, f).await
     }
 
     /// Deletes every key matching `pattern`: SCAN with COUNT, then UNLINK each page's keys (never
@@ -267,18 +287,7 @@ impl Remote {
             let (next, keys) = self.scan_page(cursor, pattern, guarded).await?;
             if !keys.is_empty() {
                 // Keys stay bytes: a foreign key that is not UTF-8 must not stop the sweep.
-                let f = |mut c: ConnectionManager| async move {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<u64>(&mut c)
-                        .await
-                };
-                removed += if guarded {
-                    self.call("UNLINK", f).await?
-                } else {
-                    self.call_unguarded("UNLINK", self.connect_timeout, f)
-                        .await?
-                };
+                removed += self.unlink(&keys, guarded).await?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -323,13 +332,6 @@ impl Remote {
             }
             cursor = next;
         }
-    }
-
-    pub(crate) async fn unlink_unguarded(&self, keys: &[&str]) -> Result<u64> {
-        self.call_unguarded("UNLINK", self.connect_timeout, |mut c| async move {
-            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
-        })
-        .await
     }
 
     /// `INFO memory` and `INFO stats`, parsed for the fields the stats report.

@@ -45,21 +45,21 @@ impl Default for TtlPolicy {
 
 impl TtlPolicy {
     /// Sets the base TTL of `category`.
-    pub fn set(&mut self, category: Category, ttl: Duration) -> Result<()> {
+    pub(crate) fn set(&mut self, category: Category, ttl: Duration) -> Result<()> {
         check_ttl("ttl", ttl)?;
         self.table.insert(category, ttl);
         Ok(())
     }
 
     /// Sets the base TTL of categories that are not in the table.
-    pub fn set_fallback(&mut self, ttl: Duration) -> Result<()> {
+    pub(crate) fn set_fallback(&mut self, ttl: Duration) -> Result<()> {
         check_ttl("default_ttl", ttl)?;
         self.fallback = ttl;
         Ok(())
     }
 
     /// Sets the jitter as a fraction in `[0, 0.5]`: 0.1 means ±10%.
-    pub fn set_jitter(&mut self, jitter: f64) -> Result<()> {
+    pub(crate) fn set_jitter(&mut self, jitter: f64) -> Result<()> {
         if !(0.0..=0.5).contains(&jitter) {
             return Err(Error::config(
                 "jitter",
@@ -86,7 +86,7 @@ impl TtlPolicy {
     }
 
     /// `base` with this policy's jitter applied.
-    pub fn jittered(&self, base: Duration) -> Duration {
+    pub(crate) fn jittered(&self, base: Duration) -> Duration {
         if self.jitter == 0.0 {
             return base;
         }

@@ -33,7 +33,11 @@ where
     let result = state
         .cache
         .try_get_with_status(&key, async {
-            let value = load.await?;
+            let value = load.await.inspect_err(|e| {
+                if e.status_code().is_server_error() {
+                    e.log();
+                }
+            })?;
             serde_json::to_vec(&value)
                 .map(JsonBody)
                 .map_err(|e| AppError::Internal(format!("encoding JSON: {e}")))

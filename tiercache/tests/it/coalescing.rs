@@ -132,8 +132,7 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
             tokio::spawn(async move { cache.get_with(&key, async { 9u32 }).await })
         })
         .collect();
-    // Give the waiters time to join the flight, then cancel the leader.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_waiting(&cache, &key, 10).await;
     assert!(
         waiters.iter().all(|w| !w.is_finished()),
         "waiters wait for the leader"
