@@ -66,7 +66,13 @@ pub fn app(state: AppState, admin_token: Option<String>) -> Router {
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(TraceLayer::new_for_http())
+        // 5xx causes are logged once where they happen (AppError); a 503 from the cache health
+        // route while Redis is away is an answer, not a failure worth an ERROR line each time.
+        .layer(
+            TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(state)
 }
 
