@@ -67,6 +67,10 @@ pub struct CacheBuilder {
     compress_threshold: usize,
     scan_count: usize,
     enabled: bool,
+    #[cfg(feature = "tls")]
+    tls_root: Option<Vec<u8>>,
+    #[cfg(feature = "tls")]
+    tls_client: Option<(Vec<u8>, Vec<u8>)>,
     /// The first invalid setting seen by a setter that cannot fail, reported by `build`.
     deferred: Option<Error>,
 }
@@ -110,6 +114,10 @@ impl Default for CacheBuilder {
             compress_threshold: 1024,
             scan_count: 1000,
             enabled: true,
+            #[cfg(feature = "tls")]
+            tls_root: None,
+            #[cfg(feature = "tls")]
+            tls_client: None,
             deferred: None,
         }
     }
@@ -272,6 +280,25 @@ impl CacheBuilder {
         self
     }
 
+    /// Trusts this CA (PEM) for `rediss://` instead of the system's roots: for Redis behind a
+    /// private CA.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate and key (PEM) for mutual TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Validates the settings, connects to Redis and returns the cache.
     ///
     /// Waits at most the connect timeout. If Redis is not reachable the cache is still built: it
@@ -298,11 +325,15 @@ impl CacheBuilder {
             return Err(Error::config("scan_count", "must be at least 1"));
         }
         let info = connection_info(&self.url, self.username, self.password, self.db)?;
+        #[cfg(feature = "tls")]
+        let tls = tls_certificates(&info, self.tls_root, self.tls_client)?;
 
         let counters = Arc::new(Counters::new(self.ttl.categories()));
         let remote = Arc::new(Remote::new(
             RemoteConfig {
                 info,
+                #[cfg(feature = "tls")]
+                tls,
                 op_timeout: self.op_timeout,
                 connect_timeout: self.connect_timeout,
                 breaker_threshold: self.breaker_threshold,
@@ -389,6 +420,34 @@ fn connection_info(
         redis = redis.set_db(db);
     }
     Ok(info.set_redis_settings(redis))
+}
+
+/// The certificates for a `rediss://` connection, after checking that they go with the URL.
+#[cfg(feature = "tls")]
+fn tls_certificates(
+    info: &redis::ConnectionInfo,
+    root: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Option<redis::TlsCertificates>> {
+    // redis-rs leaves the crypto provider to the application. Another part of the process may
+    // have installed one already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if root.is_none() && client.is_none() {
+        return Ok(None);
+    }
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Err(Error::config(
+            "tls_root_certificate",
+            "TLS certificates are set but the URL is not rediss://",
+        ));
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls: client.map(|(client_cert, client_key)| redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        root_cert: root,
+    }))
 }
 
 /// The URL with any password replaced, for error messages.

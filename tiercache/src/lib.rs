@@ -34,7 +34,11 @@
 //! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
 //!
 //! # Feature flags
-//! None yet: TLS (`rediss://`) and Redis Cluster will arrive as features of their own.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls` | off | `rediss://` URLs through rustls (ring), with `CacheBuilder::tls_root_certificate` for a private CA and `tls_client_certificate` for mutual TLS |
+//!
+//! Redis Cluster will arrive as a feature of its own; the key layout is ready for it (hash tags).
 //!
 //! # Failure model
 //! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`

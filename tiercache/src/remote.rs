@@ -39,6 +39,9 @@ pub(crate) struct ServerInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteConfig {
     pub(crate) info: ConnectionInfo,
+    /// A private CA and/or a client certificate for `rediss://`.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<redis::TlsCertificates>,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker_threshold: u32,
@@ -70,7 +73,14 @@ impl Remote {
     /// start-up probe) connects. Fails only for settings the driver rejects.
     pub(crate) fn new(config: RemoteConfig, counters: Arc<Counters>) -> Result<Self> {
         let addr = describe(&config.info);
-        let client = Client::open(config.info).map_err(|e| Error::config("url", e.to_string()))?;
+        #[cfg(feature = "tls")]
+        let client = match config.tls {
+            Some(certs) => Client::build_with_tls(config.info, certs),
+            None => Client::open(config.info),
+        };
+        #[cfg(not(feature = "tls"))]
+        let client = Client::open(config.info);
+        let client = client.map_err(|e| Error::config("url", e.to_string()))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             // Our own per-operation timeout bounds every call; the driver's would only add a

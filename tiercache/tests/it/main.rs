@@ -13,3 +13,5 @@ mod faults;
 mod invalidation;
 mod ops;
 mod stats;
+#[cfg(feature = "tls")]
+mod tls;

@@ -1,0 +1,147 @@
+//! `rediss://` against a real redis-server with TLS, certificates made by `openssl` for the test.
+//! Built with the `tls` feature: `cargo test -p tiercache --features tls --test it tls`.
+
+use std::path::Path;
+use std::process::Command;
+
+use tiercache::Category;
+use tiercache_testkit::RedisServer;
+
+use crate::helpers::builder;
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it; returns the CA's PEM.
+fn make_certificates(dir: &Path) -> Vec<u8> {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl not found: install it with `apt-get install openssl`");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tiercache test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    std::fs::read(dir.join("ca.crt")).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certificates(dir.path());
+    let tls_port = free_port().to_string();
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let server = RedisServer::start_with_args(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+
+    let cache = builder(&server)
+        .url(url.clone())
+        .tls_root_certificate(ca)
+        .build()
+        .await
+        .unwrap();
+    assert!(cache.is_connected(), "TLS handshake with the private CA");
+    let key = cache.key(&Category::SESSIONS, ["over-tls"]);
+    cache.insert(&key, &"secret session").await;
+    assert_eq!(
+        cache.get::<String>(&key).await.as_deref(),
+        Some("secret session")
+    );
+    // The value really went through the TLS port into this server.
+    assert_eq!(server.command(&["EXISTS", key.as_str()]).unwrap(), ":1\r\n");
+
+    // Without the CA the certificate is not trusted: no connection, but no build error either.
+    let untrusted = builder(&server).url(url).build().await.unwrap();
+    assert!(!untrusted.is_connected());
+    assert_eq!(
+        untrusted
+            .get_with(&key, async { "from the source".to_string() })
+            .await,
+        "from the source"
+    );
+
+    // Certificates with a plain URL are a configuration error.
+    let err = builder(&server)
+        .tls_root_certificate(b"x".to_vec())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rediss://"), "{err}");
+}
