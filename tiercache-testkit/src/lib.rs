@@ -14,6 +14,7 @@
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
 //! - `fault_proxy`: [`FaultProxy`], a TCP proxy that can black-hole existing connections
 //!   (a peer that vanished without a reset) while new ones work.
+//! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
 //! - `process`: free ports, signals to our own children, and [`wait_until`] for tests.
 //! - `postgres_server`: [`PostgresServer`], a private PostgreSQL cluster (`initdb` +
 //!   postmaster on a free loopback port) per test or shared by a test binary, with
@@ -51,11 +52,13 @@
 //! ```
 
 mod fault_proxy;
+mod logs;
 mod postgres_server;
 mod process;
 mod redis_server;
 
 pub use fault_proxy::FaultProxy;
+pub use logs::init_test_logs;
 pub use postgres_server::PostgresServer;
 pub use process::wait_until;
 pub use redis_server::RedisServer;

@@ -2,7 +2,6 @@
 //! fresh PostgreSQL database), with request helpers. Logs are silent unless `TEST_LOG` is set.
 
 use std::path::PathBuf;
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use reqwest::{Method, StatusCode};
@@ -42,24 +41,10 @@ pub(crate) struct TestEnv {
     _dir: tempfile::TempDir,
 }
 
-fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_test_writer()
-                .init();
-        }
-    });
-}
-
 impl TestEnv {
     pub(crate) fn new(db: Db) -> Self {
-        init_tracing();
+        // Logs go to the test output only when `TEST_LOG` is set.
+        tiercache_testkit::init_test_logs("info");
         let dir = tempfile::tempdir().unwrap();
         let db_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("scan-api.db").display()),

@@ -1,26 +1,9 @@
 //! Shared set-up: a cache on a test's own Redis, unique namespaces, and deadline polling.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tiercache::{Cache, CacheBuilder};
 use tiercache_testkit::RedisServer;
-
-/// Logs go to the test output only when `TEST_LOG` is set.
-pub(crate) fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "tiercache=debug".into()),
-                )
-                .with_test_writer()
-                .init();
-        }
-    });
-}
 
 /// A namespace no other cache in this process uses.
 pub(crate) fn unique_namespace() -> String {
@@ -30,7 +13,8 @@ pub(crate) fn unique_namespace() -> String {
 
 /// A builder for `server` with a fresh namespace and test-friendly recovery timing.
 pub(crate) fn builder(server: &RedisServer) -> CacheBuilder {
-    init_tracing();
+    // Logs go to the test output only when `TEST_LOG` is set.
+    tiercache_testkit::init_test_logs("tiercache=debug");
     Cache::builder()
         .url(server.url())
         .env_prefix("test")
