@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::{free_port, signal};
+use crate::process::{free_port, port_taken_since, signal};
 
 /// Panic message when no PostgreSQL server binaries can be found.
 const NOT_FOUND: &str =
@@ -298,11 +298,7 @@ fn launch(
         match child.try_wait() {
             Ok(None) => {}
             Ok(Some(status)) => {
-                let log = read_log(dir);
-                let this_run = log
-                    .get(usize::try_from(log_offset).unwrap_or(0)..)
-                    .unwrap_or(&log);
-                if this_run.contains("Address already in use") {
+                if port_taken_since(&read_log(dir), log_offset) {
                     return Err(LaunchError::PortTaken);
                 }
                 return Err(LaunchError::Failed(format!(

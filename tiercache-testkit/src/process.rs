@@ -18,6 +18,14 @@ pub(crate) fn free_port() -> u16 {
         .expect("could not bind 127.0.0.1:0 to find a free port")
 }
 
+/// Whether the part of a server's `log` written since byte `offset` (this launch) says its
+/// port was taken, so that the launch should be retried on another port.
+pub(crate) fn port_taken_since(log: &str, offset: u64) -> bool {
+    log.get(usize::try_from(offset).unwrap_or(0)..)
+        .unwrap_or(log)
+        .contains("Address already in use")
+}
+
 /// Sends `SIG<name>` to `pid` with the `kill` utility.
 pub(crate) fn signal(pid: u32, name: &str) -> io::Result<()> {
     let output = Command::new("kill")

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::{free_port, signal};
+use crate::process::{free_port, port_taken_since, signal};
 
 /// Name of the binary looked up on `PATH`.
 const BINARY: &str = "redis-server";
@@ -296,11 +296,7 @@ impl RedisServer {
                 Ok(Some(status)) => {
                     let _ = child.wait();
                     self.child = None;
-                    let log = self.log();
-                    let this_run = log
-                        .get(usize::try_from(log_offset).unwrap_or(0)..)
-                        .unwrap_or(&log);
-                    if this_run.contains("Address already in use") {
+                    if port_taken_since(&self.log(), log_offset) {
                         return Err(LaunchError::PortTaken);
                     }
                     return Err(LaunchError::Failed(format!(

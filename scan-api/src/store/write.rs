@@ -12,7 +12,8 @@ impl Store {
     /// Stores a scan with its versions and findings in one transaction.
     pub async fn insert_scan(&self, scan: &NewScan) -> Result<ScanSummary, StoreError> {
         let stored_at = Utc::now();
-        let scanned_at = scan.created_at.unwrap_or(stored_at);
+        // Stored with microsecond precision; the answer shows what a later read will.
+        let scanned_at_us = scan.created_at.unwrap_or(stored_at).timestamp_micros();
         let versions_json = serde_json::to_string(&scan.versions)
             .map_err(|e| StoreError::Corrupt(format!("versions: {e}")))?;
         let c = &scan.counts;
@@ -32,7 +33,7 @@ impl Store {
         .bind(&scan.report_id)
         .bind(scan.created_at.map(format_time))
         .bind(format_time(stored_at))
-        .bind(scanned_at.timestamp_micros())
+        .bind(scanned_at_us)
         .bind(&versions_json)
         .bind(i64::from(c.critical))
         .bind(i64::from(c.high))
@@ -103,9 +104,9 @@ impl Store {
             os_family: scan.os_family.clone(),
             os_name: scan.os_name.clone(),
             created_at: scan.created_at,
-            stored_at: super::parse_time(&format_time(stored_at))?,
-            scanned_at: chrono::DateTime::from_timestamp_micros(scanned_at.timestamp_micros())
-                .unwrap_or(scanned_at),
+            stored_at,
+            scanned_at: chrono::DateTime::from_timestamp_micros(scanned_at_us)
+                .ok_or_else(|| StoreError::Corrupt(format!("scanned_at_us = {scanned_at_us}")))?,
             versions: scan.versions.clone(),
             vulnerability_counts: scan.counts,
         })

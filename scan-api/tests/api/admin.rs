@@ -70,7 +70,7 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
         app.get(path).await;
     }
     // Another service's namespace on the same Redis, and a key outside any namespace.
-    let other = Cache_::other(&env).await;
+    let other = other_namespace(&env).await;
     other
         .insert(&other.key(&Category::SESSIONS, ["keep"]), &1u8)
         .await;
@@ -154,15 +154,12 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
 }
 
 /// A cache of another service on the same Redis.
-struct Cache_;
-impl Cache_ {
-    async fn other(env: &TestEnv) -> tiercache::Cache {
-        tiercache::Cache::builder()
-            .url(env.redis.url())
-            .env_prefix("test")
-            .namespace("other")
-            .build()
-            .await
-            .unwrap()
-    }
+async fn other_namespace(env: &TestEnv) -> tiercache::Cache {
+    tiercache::Cache::builder()
+        .url(env.redis.url())
+        .env_prefix("test")
+        .namespace("other")
+        .build()
+        .await
+        .unwrap()
 }
