@@ -7,7 +7,7 @@
 //! every caller's latency bounded by the per-operation timeout, at most `threshold` times per
 //! outage, and makes recovery independent of traffic.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
@@ -23,6 +23,8 @@ pub(crate) struct Breaker {
     /// Wakes the probe task when the breaker opens. `Notify` keeps a permit, so an opening that
     /// happens before the task waits is not lost.
     opened: Notify,
+    /// How many times it opened; the in-process tier is cleared when this moves.
+    trips: AtomicU64,
 }
 
 impl Breaker {
@@ -33,6 +35,7 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open: AtomicBool::new(open),
             opened: Notify::new(),
+            trips: AtomicU64::new(u64::from(open)),
         }
     }
 
@@ -60,6 +63,7 @@ impl Breaker {
     pub(crate) fn trip(&self) -> bool {
         let was_closed = !self.open.swap(true, Relaxed);
         if was_closed {
+            self.trips.fetch_add(1, SeqCst);
             self.opened.notify_one();
         }
         was_closed
@@ -69,6 +73,11 @@ impl Breaker {
     pub(crate) fn close(&self) {
         self.failures.store(0, Relaxed);
         self.open.store(false, Relaxed);
+    }
+
+    /// How many times the breaker has opened.
+    pub(crate) fn trips(&self) -> u64 {
+        self.trips.load(SeqCst)
     }
 
     /// Resolves once the breaker is open.

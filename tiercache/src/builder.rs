@@ -5,16 +5,19 @@
 //! not on the first request.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
+use crate::bus::{self, Bus};
 use crate::cache::{Cache, Inner};
 use crate::coalesce::Coalescer;
 use crate::codec::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, KeySpace};
+use crate::local::{Local, LocalConfig};
 use crate::probe;
 use crate::remote::{Remote, RemoteConfig};
 use crate::stats::Counters;
@@ -22,6 +25,9 @@ use crate::ttl::TtlPolicy;
 
 /// Default Redis address.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// Default bound on how long the in-process tier keeps an entry.
+pub const DEFAULT_LOCAL_MAX_TTL: Duration = Duration::from_secs(60);
 
 /// Builds a [`Cache`].
 ///
@@ -67,6 +73,9 @@ pub struct CacheBuilder {
     compress_threshold: usize,
     scan_count: usize,
     enabled: bool,
+    /// Bytes for the in-process tier; 0 for none.
+    local_capacity: u64,
+    local_max_ttl: Duration,
     #[cfg(feature = "tls")]
     tls_root: Option<Vec<u8>>,
     #[cfg(feature = "tls")]
@@ -92,6 +101,8 @@ impl std::fmt::Debug for CacheBuilder {
             .field("ttl", &self.ttl)
             .field("codec", &self.codec)
             .field("compress_threshold", &self.compress_threshold)
+            .field("local_capacity", &self.local_capacity)
+            .field("local_max_ttl", &self.local_max_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +125,8 @@ impl Default for CacheBuilder {
             compress_threshold: 1024,
             scan_count: 1000,
             enabled: true,
+            local_capacity: 0,
+            local_max_ttl: DEFAULT_LOCAL_MAX_TTL,
             #[cfg(feature = "tls")]
             tls_root: None,
             #[cfg(feature = "tls")]
@@ -130,8 +143,8 @@ impl CacheBuilder {
     }
 
     /// A builder configured from the environment: `REDIS_URL`, `REDIS_USERNAME`,
-    /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE` and `APP_ENV`. Unset variables keep the
-    /// defaults; an invalid one is reported by `build`, naming the variable.
+    /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV` and `CACHE_LOCAL_CAPACITY`
+    /// (bytes for the in-process tier, 0 for none). Unset variables keep the defaults; an invalid one is reported by `build`, naming the variable.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -159,6 +172,15 @@ impl CacheBuilder {
         }
         if let Some(env) = lookup("APP_ENV") {
             b = b.env_prefix(env);
+        }
+        if let Some(bytes) = lookup("CACHE_LOCAL_CAPACITY") {
+            match bytes.trim().parse::<u64>() {
+                Ok(bytes) => b = b.local_capacity(bytes),
+                Err(_) => b.defer(Error::config(
+                    "CACHE_LOCAL_CAPACITY",
+                    format!("{bytes:?} is not a number of bytes"),
+                )),
+            }
         }
         b
     }
@@ -280,6 +302,28 @@ impl CacheBuilder {
         self
     }
 
+    /// Puts an in-process tier of up to `bytes` (keys plus encoded values) in front of Redis;
+    /// 0, the default, means none.
+    ///
+    /// Hits there skip the Redis round trip. Each entry lives no longer than its Redis copy nor
+    /// [`local_max_ttl`](Self::local_max_ttl). Writes and invalidations reach the tiers of other
+    /// instances over a Redis pub/sub channel; the tier is used only while that channel is up
+    /// and the breaker is closed, and is cleared whenever either was lost. Another instance's
+    /// tier drops an entry when the notice arrives (well under a millisecond on a LAN), so a
+    /// read there racing the write itself may still see the old value; a read in the
+    /// writing instance never does.
+    pub fn local_capacity(mut self, bytes: u64) -> Self {
+        self.local_capacity = bytes;
+        self
+    }
+
+    /// Longest time an entry stays in the in-process tier (default 60 s), whatever its TTL in
+    /// Redis: a bound on staleness should the invalidation channel fail silently.
+    pub fn local_max_ttl(mut self, ttl: Duration) -> Self {
+        self.local_max_ttl = ttl;
+        self
+    }
+
     /// Trusts this CA (PEM) for `rediss://` instead of the system's roots: for Redis behind a
     /// private CA.
     #[cfg(feature = "tls")]
@@ -313,6 +357,7 @@ impl CacheBuilder {
             ("op_timeout", self.op_timeout),
             ("connect_timeout", self.connect_timeout),
             ("breaker_cooldown", self.breaker_cooldown),
+            ("local_max_ttl", self.local_max_ttl),
         ] {
             if d.is_zero() {
                 return Err(Error::config(setting, "must be greater than zero"));
@@ -341,7 +386,19 @@ impl CacheBuilder {
             },
             counters.clone(),
         )?);
-        let pending = Arc::new(PendingInvalidations::new(keys.namespace_pattern()));
+        let tiered = self.enabled && self.local_capacity > 0;
+        let bus = tiered.then(|| Arc::new(Bus::new(&keys)));
+        let local = tiered.then(|| {
+            Arc::new(Local::new(LocalConfig {
+                capacity_bytes: self.local_capacity,
+                max_ttl: self.local_max_ttl,
+            }))
+        });
+        let epoch = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(PendingInvalidations::new(
+            keys.namespace_pattern(),
+            bus.clone(),
+        ));
         let probe = if self.enabled {
             match remote.probe().await {
                 Ok(rtt) => tracing::info!(
@@ -369,6 +426,16 @@ impl CacheBuilder {
             remote.breaker.trip();
             None
         };
+        let bus_task = match (&bus, &local) {
+            (Some(b), Some(l)) => Some(bus::spawn(
+                b.clone(),
+                remote.clone(),
+                l.clone(),
+                epoch.clone(),
+                self.breaker_cooldown,
+            )),
+            _ => None,
+        };
         Ok(Cache::from_inner(Inner {
             keys,
             remote,
@@ -379,7 +446,10 @@ impl CacheBuilder {
             pending,
             started: Instant::now(),
             fill_guard: tokio::sync::RwLock::new(()),
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            _bus_task: bus_task,
+            epoch,
+            local,
+            bus,
             _probe: probe,
             enabled: self.enabled,
         }))

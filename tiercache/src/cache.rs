@@ -4,6 +4,10 @@
 //! miss: the failure is logged (rate-limited) and counted, and the caller carries on with its
 //! source of truth. Operations whose answer would be meaningless without Redis (`contains`,
 //! `ttl`, `ping`, pattern invalidation, `clear`) return a [`Result`] instead.
+//!
+//! With an in-process tier (`CacheBuilder::local_capacity`), reads look there first and fill it
+//! from Redis; writes and invalidations drop their entries there and tell the other instances
+//! through the invalidation channel (`bus`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,21 +19,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::CacheBuilder;
+use crate::bus::Bus;
 use crate::coalesce::Coalescer;
 use crate::codec::Envelope;
 use crate::error::{Error, Result};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, Key, KeySpace, Pattern};
+use crate::local::Local;
 use crate::probe::TaskGuard;
 use crate::remote::Remote;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, LocalStats, Stats};
 use crate::ttl::TtlPolicy;
 
 /// Where a value returned by [`Cache::try_get_with_status`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CacheStatus {
-    /// Read from Redis.
+    /// Read from the in-process tier or from Redis.
     Hit,
     /// Not in Redis: loaded (by this caller or a coalesced one) and stored.
     Miss,
@@ -75,10 +81,17 @@ pub(crate) struct Inner {
     /// it exclusively while they bump `epoch` and delete. A tokio lock because both sides hold it
     /// across their Redis round trip.
     pub(crate) fill_guard: tokio::sync::RwLock<()>,
-    /// Number of invalidations started by this cache.
-    pub(crate) epoch: AtomicU64,
+    /// Number of invalidations started by this cache or received from other instances, and of
+    /// clears of the in-process tier. Shared with the channel task.
+    pub(crate) epoch: Arc<AtomicU64>,
+    /// The in-process tier, if configured.
+    pub(crate) local: Option<Arc<Local>>,
+    /// The invalidation channel, present with the in-process tier.
+    pub(crate) bus: Option<Arc<Bus>>,
     /// Held to keep the recovery task alive; `None` when the cache is disabled.
     pub(crate) _probe: Option<TaskGuard>,
+    /// Held to keep the channel task alive; `None` without an in-process tier.
+    pub(crate) _bus_task: Option<TaskGuard>,
     /// `false`: a pass-through that never touches Redis and never coalesces.
     pub(crate) enabled: bool,
 }
@@ -136,12 +149,92 @@ impl Cache {
         }
     }
 
-    /// Reads and decodes without counting a hit or miss.
+    /// Reads and decodes without counting a hit or miss: from the in-process tier if it holds
+    /// the key, else from Redis (filling the tier).
     async fn peek<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
-        Ok(match self.inner.remote.get(key.as_str()).await? {
-            Some(bytes) => self.decode_or_discard(key.as_str(), &bytes).await,
-            None => None,
-        })
+        let Some(local) = self.local() else {
+            return Ok(match self.inner.remote.get(key.as_str()).await? {
+                Some(bytes) => self.decode_or_discard(key.as_str(), &bytes).await,
+                None => None,
+            });
+        };
+        if let Some(bytes) = local.get(key.as_str()) {
+            if let Ok(v) = self.inner.envelope.decode(&bytes) {
+                self.inner.counters.local_hit();
+                return Ok(Some(v));
+            }
+            // Another type than the one stored: let the Redis path below decide.
+            local.remove(key.as_str());
+        }
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let Some((bytes, ttl)) = self.inner.remote.get_with_ttl(key.as_str()).await? else {
+            return Ok(None);
+        };
+        let value = self.decode_or_discard(key.as_str(), &bytes).await;
+        if value.is_some() {
+            let ttl = ttl.unwrap_or(Duration::MAX);
+            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
+        }
+        Ok(value)
+    }
+
+    /// The in-process tier, if there is one and it may be used now: its invalidation channel is
+    /// up and the breaker is closed. After the breaker has opened, the tier is cleared before it
+    /// is used again: invalidations may have been missed meanwhile.
+    fn local(&self) -> Option<&Local> {
+        let local = self.inner.local.as_deref()?;
+        let breaker = &self.inner.remote.breaker;
+        if !local.is_live() || !breaker.is_closed() {
+            return None;
+        }
+        let trips = breaker.trips();
+        if local.trips_seen() != trips {
+            self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+            local.clear();
+            local.saw_trips(trips);
+        }
+        Some(local)
+    }
+
+    /// Puts a value read from Redis when the epoch was `epoch` into the tier, unless an
+    /// invalidation started since. Insert first, check second: an invalidation bumps the epoch
+    /// before it drops entries, so either it drops this one or this check sees its bump.
+    fn fill_local(&self, local: &Local, key: &str, bytes: Arc<[u8]>, ttl: Duration, epoch: u64) {
+        local.insert(key, bytes, ttl);
+        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+            local.remove(key);
+        }
+    }
+
+    /// Drops keys from the in-process tier (whether or not it is live: dropping is always safe).
+    fn forget_local(&self, keys: &[&str]) {
+        if let Some(local) = &self.inner.local {
+            for key in keys {
+                local.remove(key);
+            }
+        }
+    }
+
+    /// Tells the other instances to drop `keys` / `patterns` / everything. A notice that cannot
+    /// be sent is owed like a failed invalidation: it is replayed (with the Redis side, which is
+    /// harmless to repeat) before anything is read from Redis again.
+    async fn notify(&self, keys: &[&str], patterns: &[&Pattern], clear: bool) {
+        let Some(bus) = &self.inner.bus else {
+            return;
+        };
+        if let Err(e) = bus
+            .publish(&self.inner.remote, keys, patterns, clear, true)
+            .await
+        {
+            let pending = &self.inner.pending;
+            if clear {
+                pending.record_pattern(&self.inner.keys.namespace_pattern());
+            }
+            keys.iter().for_each(|k| pending.record_key(k));
+            patterns.iter().for_each(|p| pending.record_pattern(p));
+            self.owe_invalidation();
+            log_deferred(&e, "invalidation channel", "notice to other instances");
+        }
     }
 
     async fn decode_or_discard<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
@@ -164,24 +257,54 @@ impl Cache {
     }
 
     /// Stores `value` under `key` for exactly `ttl` (no jitter).
+    ///
+    /// The previous value must not outlive this call: the in-process tiers (this one's and,
+    /// through the invalidation channel, the other instances') drop the key, and if the value
+    /// cannot be stored the key is invalidated instead (replayed later if Redis is unreachable).
     pub async fn insert_with_ttl<T: Serialize + ?Sized>(
         &self,
         key: &Key,
         value: &T,
         ttl: Duration,
     ) {
-        let Some(bytes) = self.encode(key.as_str(), value) else {
+        if !self.inner.enabled {
             return;
+        }
+        let stored = match self.encode(key.as_str(), value) {
+            Some(bytes) => {
+                self.invalidating(
+                    || self.forget_local(&[key.as_str()]),
+                    self.inner.remote.set(key.as_str(), &bytes, ttl),
+                )
+                .await
+            }
+            None => Err(Error::Unavailable),
         };
-        if self
-            .inner
+        if stored.is_err() {
+            self.invalidate(key).await;
+            return;
+        }
+        self.inner.counters.sets(1);
+        self.notify(&[key.as_str()], &[], false).await;
+    }
+
+    /// Stores a value loaded by `get_with` with its category's TTL, without telling other
+    /// instances: their tiers cannot hold this key, or it would not have been missing here.
+    /// Returns the stored bytes and TTL, for the in-process tier.
+    async fn store<T: Serialize + ?Sized>(
+        &self,
+        key: &Key,
+        value: &T,
+    ) -> Option<(Vec<u8>, Duration)> {
+        let ttl = self.inner.ttl.ttl(key.category());
+        let bytes = self.encode(key.as_str(), value)?;
+        self.inner
             .remote
             .set(key.as_str(), &bytes, ttl)
             .await
-            .is_ok()
-        {
-            self.inner.counters.sets(1);
-        }
+            .ok()?;
+        self.inner.counters.sets(1);
+        Some((bytes, ttl))
     }
 
     fn encode<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Option<Vec<u8>> {
@@ -196,22 +319,38 @@ impl Cache {
     }
 
     /// Values for many keys in one round trip (`MGET`), in the order of `keys`.
+    ///
+    /// Keys found in the in-process tier are not asked of Redis; the others are not added to
+    /// the tier (a batch read does not learn their remaining TTLs).
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[Key]) -> Vec<Option<T>> {
-        let names: Vec<&str> = keys.iter().map(Key::as_str).collect();
-        let raw = self
+        let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut remote_names = Vec::new();
+        let local = self.local();
+        for key in keys {
+            let found = local
+                .and_then(|l| l.get(key.as_str()))
+                .and_then(|bytes| self.inner.envelope.decode(&bytes).ok());
+            if found.is_some() {
+                self.inner.counters.local_hit();
+            } else {
+                remote_names.push(key.as_str());
+            }
+            out.push(found);
+        }
+        let mut raw = self
             .inner
             .remote
-            .mget(&names)
+            .mget(&remote_names)
             .await
-            .unwrap_or_else(|_| vec![None; keys.len()]);
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, bytes) in keys.iter().zip(raw) {
-            let value = match bytes {
-                Some(b) => self.decode_or_discard(key.as_str(), &b).await,
-                None => None,
-            };
-            self.count_read(key, value.is_some());
-            out.push(value);
+            .unwrap_or_else(|_| vec![None; remote_names.len()])
+            .into_iter();
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            if slot.is_none()
+                && let Some(Some(b)) = raw.next()
+            {
+                *slot = self.decode_or_discard(key.as_str(), &b).await;
+            }
+            self.count_read(key, slot.is_some());
         }
         out
     }
@@ -219,6 +358,9 @@ impl Cache {
     /// Stores many values in one round trip (a pipeline of `SET ... PX`), each with its
     /// category's TTL.
     pub async fn insert_many<T: Serialize>(&self, entries: &[(Key, T)]) {
+        if !self.inner.enabled {
+            return;
+        }
         let encoded: Vec<(&str, Vec<u8>, Duration)> = entries
             .iter()
             .filter_map(|(key, value)| {
@@ -226,8 +368,23 @@ impl Cache {
                 Some((key.as_str(), bytes, self.inner.ttl.ttl(key.category())))
             })
             .collect();
-        if self.inner.remote.set_many(&encoded).await.is_ok() {
+        let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        let stored = encoded.len() == entries.len()
+            && self
+                .invalidating(
+                    || self.forget_local(&names),
+                    self.inner.remote.set_many(&encoded),
+                )
+                .await
+                .is_ok();
+        if stored {
             self.inner.counters.sets(encoded.len() as u64);
+            self.notify(&names, &[], false).await;
+        } else {
+            // Some old values may remain: invalidate them all (replayed later if need be).
+            for (key, _) in entries {
+                self.invalidate(key).await;
+            }
         }
     }
 
@@ -343,14 +500,32 @@ impl Cache {
             );
             return;
         }
-        self.insert(key, value).await;
+        let Some((bytes, ttl)) = self.store(key, value).await else {
+            return;
+        };
+        if let Some(local) = self.local() {
+            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
+        }
     }
 
-    /// Runs an invalidation exclusively of fills, after marking that it started.
-    async fn invalidating<R>(&self, f: impl Future<Output = R>) -> R {
+    /// Runs a change of Redis (`f`: a delete or an overwrite) exclusively of fills, and drops its
+    /// entries from the in-process tier (`drop_local`) both before and after it, each time after
+    /// bumping the epoch.
+    ///
+    /// Before: the change has started, so no fill that loaded earlier may store its value, and
+    /// this process stops serving the old one. After: a read whose Redis command was sent
+    /// before the change was applied can have seen the old value *and* the first bump, so it
+    /// would pass `fill_local`'s check; the second bump fails it (or the second drop removes
+    /// its entry), and the callers that start after this returns name a new coalescing flight,
+    /// so none of them joins a load that may have read the old value.
+    async fn invalidating<R>(&self, drop_local: impl Fn(), f: impl Future<Output = R>) -> R {
         let _exclusive = self.inner.fill_guard.write().await;
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
-        f.await
+        drop_local();
+        let result = f.await;
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        drop_local();
+        result
     }
 
     /// Removes `key`. Never fails: if Redis cannot be reached the invalidation is kept and
@@ -366,12 +541,16 @@ impl Cache {
             return Ok(0);
         }
         let result = self
-            .invalidating(self.inner.remote.unlink(&[key], true))
+            .invalidating(
+                || self.forget_local(&[key]),
+                self.inner.remote.unlink(&[key], true),
+            )
             .await;
         match &result {
             Ok(removed) => {
                 self.inner.counters.deletes(*removed);
                 tracing::info!(key, removed, "invalidated key");
+                self.notify(&[key], &[], false).await;
             }
             Err(e) => {
                 self.inner.pending.record_key(key);
@@ -401,13 +580,26 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(0);
         }
+        let clear = *pattern == self.inner.keys.namespace_pattern();
         let result = self
-            .invalidating(self.inner.remote.unlink_matching(pattern, true))
+            .invalidating(
+                || match (&self.inner.local, clear) {
+                    (Some(local), true) => local.clear(),
+                    (Some(local), false) => local.remove_matching(pattern),
+                    (None, _) => {}
+                },
+                self.inner.remote.unlink_matching(pattern, true),
+            )
             .await;
         match result {
             Ok(removed) => {
                 self.inner.counters.deletes(removed);
                 tracing::info!(pattern = pattern.as_str(), removed, "{what}");
+                if clear {
+                    self.notify(&[], &[], true).await;
+                } else {
+                    self.notify(&[], &[pattern], false).await;
+                }
                 Ok(removed)
             }
             Err(e) => {
@@ -505,6 +697,7 @@ impl Cache {
     pub async fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.uptime = self.inner.started.elapsed();
+        stats.local = self.local_stats();
         // Skipped while the breaker is open, so reading stats does not count short circuits.
         if !self.is_connected() {
             return stats;
@@ -522,6 +715,16 @@ impl Cache {
         }
         stats.connected = self.is_connected();
         stats
+    }
+
+    fn local_stats(&self) -> Option<LocalStats> {
+        let local = self.inner.local.as_deref()?;
+        Some(LocalStats {
+            live: local.is_live() && self.is_connected(),
+            entries: local.entry_count(),
+            size_bytes: local.size_bytes(),
+            evictions: local.evictions(),
+        })
     }
 }
 

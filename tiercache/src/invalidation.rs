@@ -16,8 +16,9 @@
 //! concurrently.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::bus::Bus;
 use crate::error::Result;
 use crate::key::Pattern;
 use crate::remote::Remote;
@@ -45,13 +46,16 @@ pub(crate) struct PendingInvalidations {
     /// A std mutex: held only to move entries in or out, never across an `.await`.
     pending: Mutex<Pending>,
     namespace: Pattern,
+    /// With an in-process tier: replays are also announced to the other instances.
+    bus: Option<Arc<Bus>>,
 }
 
 impl PendingInvalidations {
-    pub(crate) fn new(namespace: Pattern) -> Self {
+    pub(crate) fn new(namespace: Pattern, bus: Option<Arc<Bus>>) -> Self {
         Self {
             pending: Mutex::new(Pending::default()),
             namespace,
+            bus,
         }
     }
 
@@ -109,7 +113,11 @@ impl PendingInvalidations {
 
     async fn apply(&self, remote: &Remote, batch: &Pending) -> Result<u64> {
         if batch.overflow {
-            return remote.unlink_matching(&self.namespace, false).await;
+            let removed = remote.unlink_matching(&self.namespace, false).await?;
+            if let Some(bus) = &self.bus {
+                bus.publish(remote, &[], &[], true, false).await?;
+            }
+            return Ok(removed);
         }
         let mut removed = 0;
         let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
@@ -118,6 +126,15 @@ impl PendingInvalidations {
         }
         for p in &batch.patterns {
             removed += remote.unlink_matching(p, false).await?;
+        }
+        if let Some(bus) = &self.bus {
+            let patterns: Vec<&Pattern> = batch.patterns.iter().collect();
+            for chunk in keys.chunks(500) {
+                bus.publish(remote, chunk, &[], false, false).await?;
+            }
+            if !patterns.is_empty() {
+                bus.publish(remote, &[], &patterns, false, false).await?;
+            }
         }
         Ok(removed)
     }

@@ -113,6 +113,97 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// A pattern received from another instance over the invalidation channel.
+    pub(crate) fn from_wire(pattern: String) -> Self {
+        Self(pattern)
+    }
+
+    /// Whether `key` matches, with Redis glob semantics, or `None` when this pattern uses class
+    /// syntax that is not matched here (`[^...]`, ranges, escapes inside `[...]`, an unclosed
+    /// `[`). Callers that must not miss a match (the in-process tier's eviction) treat `None`
+    /// as "may match".
+    pub fn matches(&self, key: &str) -> Option<bool> {
+        let tokens = glob_tokens(self.0.as_bytes())?;
+        Some(glob_match(&tokens, key.as_bytes()))
+    }
+}
+
+/// One element of a glob: each but `Star` matches exactly one byte.
+#[derive(Debug)]
+enum GlobToken<'a> {
+    Star,
+    Any,
+    Byte(u8),
+    /// `[...]` holding only literal bytes.
+    Class(&'a [u8]),
+}
+
+/// Splits a glob into tokens; `None` for class syntax beyond plain literal sets.
+fn glob_tokens(pat: &[u8]) -> Option<Vec<GlobToken<'_>>> {
+    let mut out = Vec::with_capacity(pat.len());
+    let mut i = 0;
+    while i < pat.len() {
+        match pat[i] {
+            b'*' => {
+                if !matches!(out.last(), Some(GlobToken::Star)) {
+                    out.push(GlobToken::Star);
+                }
+            }
+            b'?' => out.push(GlobToken::Any),
+            b'\\' if i + 1 < pat.len() => {
+                i += 1;
+                out.push(GlobToken::Byte(pat[i]));
+            }
+            b'[' => {
+                let len = pat[i + 1..].iter().position(|&c| c == b']')?;
+                let set = &pat[i + 1..i + 1 + len];
+                if set.is_empty() || set[0] == b'^' || set.contains(&b'-') || set.contains(&b'\\') {
+                    return None;
+                }
+                out.push(GlobToken::Class(set));
+                i += len + 1;
+            }
+            c => out.push(GlobToken::Byte(c)),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// Wildcard matching with single-star backtracking: linear in practice, and exact because every
+/// token other than `*` consumes exactly one byte.
+fn glob_match(tokens: &[GlobToken<'_>], s: &[u8]) -> bool {
+    let (mut t, mut i) = (0, 0);
+    // Where the last `*` was, and the position in `s` it is currently taken to end at.
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        let one = match tokens.get(t) {
+            Some(GlobToken::Any) => true,
+            Some(GlobToken::Byte(b)) => *b == s[i],
+            Some(GlobToken::Class(set)) => set.contains(&s[i]),
+            Some(GlobToken::Star) => {
+                star = Some((t, i));
+                t += 1;
+                continue;
+            }
+            None => false,
+        };
+        if one {
+            t += 1;
+            i += 1;
+        } else if let Some((st, si)) = star {
+            // Let the last `*` swallow one more byte and retry from there.
+            star = Some((st, si + 1));
+            t = st + 1;
+            i = si + 1;
+        } else {
+            return false;
+        }
+    }
+    tokens[t..].iter().all(|tok| matches!(tok, GlobToken::Star))
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -277,23 +368,34 @@ mod tests {
         KeySpace::new("test", "ns").unwrap()
     }
 
-    /// Minimal glob matcher with Redis semantics for `*`, `?`, `[...]` and `\`, used to check
-    /// patterns without a server.
-    fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-        match pat.first() {
-            None => s.is_empty(),
-            Some(b'*') => (0..=s.len()).any(|i| glob_match(&pat[1..], &s[i..])),
-            Some(b'?') => !s.is_empty() && glob_match(&pat[1..], &s[1..]),
-            Some(b'[') => {
-                let Some(end) = pat.iter().position(|&c| c == b']') else {
-                    return false;
-                };
-                !s.is_empty() && pat[1..end].contains(&s[0]) && glob_match(&pat[end + 1..], &s[1..])
-            }
-            Some(b'\\') if pat.len() > 1 => {
-                !s.is_empty() && s[0] == pat[1] && glob_match(&pat[2..], &s[1..])
-            }
-            Some(&c) => !s.is_empty() && s[0] == c && glob_match(&pat[1..], &s[1..]),
+    fn glob(pat: &str, s: &str) -> bool {
+        Pattern(pat.to_owned()).matches(s).unwrap()
+    }
+
+    #[test]
+    fn glob_semantics() {
+        assert!(glob("a*", "a"));
+        assert!(glob("a*", "abc"));
+        assert!(!glob("a*", "ba"));
+        assert!(glob("*c", "abc"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "ac"));
+        assert!(glob("a[:}]*", "a:x"));
+        assert!(glob("a[:}]*", "a}"));
+        assert!(!glob("a[:}]*", "ab"));
+        assert!(glob("a\\*b", "a*b"));
+        assert!(!glob("a\\*b", "axb"));
+        assert!(glob("**", ""));
+        assert!(!glob("?", ""));
+        assert!(glob("*a*a*a*a*a*a*b", &format!("{}b", "a".repeat(200))));
+        for unsupported in ["[^a]", "[a-z]", "[\\]]", "a["] {
+            assert_eq!(
+                Pattern(unsupported.into()).matches("a"),
+                None,
+                "{unsupported}"
+            );
         }
     }
 
@@ -347,19 +449,17 @@ mod tests {
         let s = space();
         let p = s.pattern(&Category::IMAGE_METADATA, ["a"]);
         let m = |parts: &[&str]| {
-            glob_match(
-                p.as_str().as_bytes(),
-                s.key(&Category::IMAGE_METADATA, parts).as_str().as_bytes(),
-            )
+            p.matches(s.key(&Category::IMAGE_METADATA, parts).as_str())
+                .unwrap()
         };
         assert!(m(&["a"]));
         assert!(m(&["a", "v1"]));
         assert!(!m(&["ab"]));
         assert!(!m(&["b", "a"]));
-        assert!(!glob_match(
-            p.as_str().as_bytes(),
-            s.key(&Category::SCAN_RESULTS, ["a"]).as_str().as_bytes()
-        ));
+        assert!(
+            !p.matches(s.key(&Category::SCAN_RESULTS, ["a"]).as_str())
+                .unwrap()
+        );
     }
 
     fn part() -> impl Strategy<Value = String> {
@@ -395,7 +495,7 @@ mod tests {
             let rest = &k.as_str()["test:ns:".len()..];
             prop_assert!(!rest.contains(['*', '?', '[', ']', '\\']));
             prop_assert!(rest.len() <= (MAX_PART_LEN + 1) * (parts.len() + 1) + parts.len() + 3);
-            prop_assert!(glob_match(s.namespace_pattern().as_str().as_bytes(), k.as_str().as_bytes()));
+            prop_assert!(s.namespace_pattern().matches(k.as_str()).unwrap());
         }
 
         /// A pattern built from untrusted leading parts matches a key exactly when the key's parts
@@ -409,7 +509,7 @@ mod tests {
             let p = s.pattern(&Category::SCAN_RESULTS, &lead);
             let k = s.key(&Category::SCAN_RESULTS, &parts);
             let expected = parts.len() >= lead.len() && parts[..lead.len()] == lead[..];
-            prop_assert_eq!(glob_match(p.as_str().as_bytes(), k.as_str().as_bytes()), expected);
+            prop_assert_eq!(p.matches(k.as_str()).unwrap(), expected);
         }
     }
 }

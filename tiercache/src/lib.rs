@@ -27,6 +27,8 @@
 //! - `builder`: [`CacheBuilder`], every setting validated in one place.
 //! - `remote`: the only module that issues Redis commands; timeouts and the breaker wrap each.
 //! - `breaker`: the circuit breaker; `probe`: the background task that closes it again.
+//! - `local`: the in-process tier (moka); `bus`: the invalidation channel that keeps the tiers
+//!   of all instances coherent, and drops a tier whose channel is lost.
 //! - `coalesce`: one loader per key at a time.
 //! - `invalidation`: invalidations owed to Redis after a failure, replayed before reads resume.
 //! - `key`: key and pattern building from untrusted input; `ttl`: per-category TTL with jitter.
@@ -51,23 +53,26 @@
 
 mod breaker;
 mod builder;
+mod bus;
 mod cache;
 mod coalesce;
 mod codec;
 mod error;
 mod invalidation;
 mod key;
+mod local;
 mod log_limiter;
 mod probe;
 mod remote;
 mod stats;
 mod ttl;
 
-pub use builder::{CacheBuilder, DEFAULT_URL};
+pub use builder::{CacheBuilder, DEFAULT_LOCAL_MAX_TTL, DEFAULT_URL};
+pub use bus::{HEARTBEAT, MISSED_HEARTBEATS};
 pub use cache::{Cache, CacheStatus};
 pub use codec::{Codec, ENVELOPE_VERSION};
 pub use error::{Error, Result};
 pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, Pattern};
-pub use stats::{CategoryStats, Stats};
+pub use stats::{CategoryStats, LocalStats, Stats};
 pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, DEFAULT_TTLS, MAX_TTL, TtlPolicy};

@@ -22,6 +22,12 @@ use crate::remote::Remote;
 #[derive(Debug)]
 pub(crate) struct TaskGuard(JoinHandle<()>);
 
+impl TaskGuard {
+    pub(crate) fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();

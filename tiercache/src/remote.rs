@@ -163,6 +163,59 @@ impl Remote {
         .await
     }
 
+    /// `GET` and `PTTL` in one round trip: the value and how long Redis keeps it (`None` if it
+    /// has no expiry), for the in-process tier, whose copy must not outlive Redis's.
+    pub(crate) async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
+        let (value, ms): (Option<Vec<u8>>, i64) = self
+            .call("GET+PTTL", |mut c| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(key)
+                    .cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(value.map(|v| (v, u64::try_from(ms).ok().map(Duration::from_millis))))
+    }
+
+    /// `PUBLISH channel payload`. `guarded: false` ignores the breaker (for replays).
+    pub(crate) async fn publish(&self, channel: &str, payload: &[u8], guarded: bool) -> Result<()> {
+        self.call_maybe_guarded("PUBLISH", guarded, |mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// A dedicated connection subscribed to `channel`, as a stream of message payloads. The
+    /// stream ends when the connection is lost. Bounded by the connect timeout.
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<impl futures_util::Stream<Item = Vec<u8>> + Send + 'static + use<>> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            RedisResult::Ok(pubsub)
+        };
+        let pubsub = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| Error::Timeout(self.connect_timeout))?
+            .map_err(Error::Redis)?;
+        Ok(futures_util::StreamExt::map(
+            pubsub.into_on_message(),
+            |msg| msg.get_payload_bytes().to_vec(),
+        ))
+    }
+
     /// `MGET`: one round trip for many keys.
     pub(crate) async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {

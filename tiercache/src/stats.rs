@@ -6,7 +6,7 @@
 //! Every counter is also reported through the `metrics` facade (`tiercache_hits_total{category}`,
 //! `tiercache_misses_total{category}`, `tiercache_sets_total`, `tiercache_deletes_total`,
 //! `tiercache_errors_total`, `tiercache_timeouts_total`, `tiercache_short_circuits_total`,
-//! `tiercache_loader_runs_total`), so an application that installs a recorder before building the
+//! `tiercache_loader_runs_total`, `tiercache_local_hits_total`), so an application that installs a recorder before building the
 //! cache gets the same numbers.
 
 use std::borrow::Cow;
@@ -20,8 +20,10 @@ use crate::key::Category;
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Reads answered from Redis.
+    /// Reads answered from the cache (the in-process tier or Redis).
     pub hits: u64,
+    /// The part of `hits` answered by the in-process tier.
+    pub local_hits: u64,
     /// Reads that found nothing usable (absent, undecodable, or Redis unreachable).
     pub misses: u64,
     /// `hits / (hits + misses)`, 0 when there were no reads.
@@ -50,6 +52,8 @@ pub struct Stats {
     pub keys: Option<u64>,
     /// Whether Redis is being used (the circuit breaker is closed).
     pub connected: bool,
+    /// The in-process tier: `None` when the cache has none.
+    pub local: Option<LocalStats>,
     /// Time since the cache was built (serialized as seconds).
     #[serde(serialize_with = "as_secs")]
     pub uptime: Duration,
@@ -57,6 +61,20 @@ pub struct Stats {
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// The in-process tier's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LocalStats {
+    /// Whether it is in use: its invalidation channel is up and the breaker closed.
+    pub live: bool,
+    /// Entries held (approximate: the tier applies writes in batches).
+    pub entries: u64,
+    /// Bytes held (keys and encoded values).
+    pub size_bytes: u64,
+    /// Entries dropped to stay within the capacity.
+    pub evictions: u64,
 }
 
 /// Hits and misses of one category.
@@ -135,6 +153,7 @@ pub(crate) struct Counters {
     timeouts: Counted,
     short_circuits: Counted,
     loader_runs: Counted,
+    local_hits: Counted,
     /// Fixed at build time: no lock is needed to find a category's counters.
     categories: HashMap<Category, CategoryCounters>,
     other: CategoryCounters,
@@ -151,6 +170,7 @@ impl Counters {
             timeouts: Counted::new("tiercache_timeouts_total"),
             short_circuits: Counted::new("tiercache_short_circuits_total"),
             loader_runs: Counted::new("tiercache_loader_runs_total"),
+            local_hits: Counted::new("tiercache_local_hits_total"),
             categories: categories
                 .into_iter()
                 .map(|c| (c.clone(), CategoryCounters::new(c.label())))
@@ -196,6 +216,11 @@ impl Counters {
         self.short_circuits.add(1);
     }
 
+    /// A hit served by the in-process tier (counted as a hit of its category too).
+    pub(crate) fn local_hit(&self) {
+        self.local_hits.add(1);
+    }
+
     pub(crate) fn loader_run(&self) {
         self.loader_runs.add(1);
     }
@@ -227,6 +252,7 @@ impl Counters {
             timeouts: self.timeouts.get(),
             short_circuits: self.short_circuits.get(),
             loader_runs: self.loader_runs.get(),
+            local_hits: self.local_hits.get(),
             categories,
             ..Stats::default()
         }

@@ -11,6 +11,7 @@ mod helpers;
 mod coalescing;
 mod faults;
 mod invalidation;
+mod local;
 mod ops;
 mod stats;
 #[cfg(feature = "tls")]
