@@ -18,6 +18,11 @@
 //! `*`, `?` or `[` in a name match only themselves.
 //!
 //! Cached values are the JSON response bodies, so a hit is served without re-encoding.
+//!
+//! Every instance also keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
+//! (`CACHE_LOCAL_CAPACITY`, 0 to turn it off). Its entries live no longer than their Redis copy,
+//! writes reach the other instances' tiers over Redis pub/sub, and a tier whose channel or Redis
+//! is lost is cleared and unused until both are back.
 
 use std::time::Duration;
 
@@ -33,12 +38,15 @@ pub const TTLS: [(Category, Duration); 4] = [
     (Category::ANALYSIS, Duration::from_secs(30 * 60)),
 ];
 
-/// Applies the TTL table to a cache builder.
+/// Default size of the in-process tier, in bytes.
+pub const LOCAL_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// Applies the TTL table and the default in-process tier to a cache builder.
 pub fn configure(mut builder: CacheBuilder) -> CacheBuilder {
     for (category, ttl) in TTLS {
         builder = builder.ttl(category, ttl);
     }
-    builder
+    builder.local_capacity(LOCAL_CAPACITY)
 }
 
 /// A cached GET answer: which cache entry it lives in.

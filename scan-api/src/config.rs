@@ -62,6 +62,9 @@ pub struct Common {
     /// First segment of every cache key (`prod`, `staging`, `dev`).
     #[arg(long, env = "APP_ENV", default_value = "dev", global = true)]
     pub app_env: String,
+    /// Bytes for the in-process tier in front of Redis (0: none).
+    #[arg(long, env = "CACHE_LOCAL_CAPACITY", default_value_t = crate::cache_policy::LOCAL_CAPACITY, global = true)]
+    pub cache_local_capacity: u64,
     /// Set to false to run without the cache (every read from the database).
     #[arg(long, env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub cache_enabled: bool,

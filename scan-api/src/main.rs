@@ -80,7 +80,10 @@ async fn build_cache(common: &Common) -> anyhow::Result<Cache> {
         .namespace(common.cache_namespace.clone())
         .env_prefix(common.app_env.clone())
         .enabled(common.cache_enabled);
-    Ok(cache_policy::configure(builder).build().await?)
+    Ok(cache_policy::configure(builder)
+        .local_capacity(common.cache_local_capacity)
+        .build()
+        .await?)
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

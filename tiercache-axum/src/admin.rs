@@ -138,6 +138,7 @@ async fn stats(State(admin): State<Admin>) -> Response {
         "memory_used": s.used_memory_human,
         "memory_used_bytes": s.used_memory_bytes,
         "hits": s.hits,
+        "local_hits": s.local_hits,
         "misses": s.misses,
         "hit_rate": s.hit_rate,
         "evictions": s.evicted_keys,
@@ -149,6 +150,7 @@ async fn stats(State(admin): State<Admin>) -> Response {
         "connected": s.connected,
         "uptime": s.uptime.as_secs_f64(),
         "categories": s.categories,
+        "local": s.local,
     }))
     .into_response()
 }

@@ -1,6 +1,8 @@
 //! Cache statistics move exactly as the requests made.
 
-use crate::helpers::{Db, TestEnv, report};
+use std::time::Duration;
+
+use crate::helpers::{Db, TestEnv, report, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_and_misses_move_exactly_as_the_requests() {
@@ -21,10 +23,16 @@ async fn hits_and_misses_move_exactly_as_the_requests() {
         "/api/images/stats%2Fapp/versions".to_string(),
         "/api/insights".to_string(),
     ];
+    // The in-process tier goes live once its invalidation channel is subscribed.
+    wait_until(Duration::from_secs(5), "the in-process tier", || async {
+        app.cache.stats().await.local.is_some_and(|l| l.live)
+    })
+    .await;
     let before = app.get("/api/cache/stats").await.body;
-    let (h0, m0) = (
+    let (h0, m0, l0) = (
         before["hits"].as_u64().unwrap(),
         before["misses"].as_u64().unwrap(),
+        before["local_hits"].as_u64().unwrap(),
     );
     for (round, expect) in [(1, "MISS"), (2, "HIT"), (3, "HIT")] {
         for p in &paths {
@@ -37,6 +45,13 @@ async fn hits_and_misses_move_exactly_as_the_requests() {
     let n = paths.len() as u64;
     assert_eq!(after["misses"].as_u64().unwrap() - m0, n);
     assert_eq!(after["hits"].as_u64().unwrap() - h0, 2 * n);
+    assert_eq!(
+        after["local_hits"].as_u64().unwrap() - l0,
+        2 * n,
+        "every hit served in process"
+    );
+    assert_eq!(after["local"]["live"], true);
+    assert!(after["local"]["entries"].as_u64().unwrap() <= n);
     assert_eq!(after["categories"]["analysis"]["hits"], 2);
     assert_eq!(after["categories"]["analysis"]["misses"], 1);
     assert_eq!(after["categories"]["image_metadata"]["misses"], 3);
