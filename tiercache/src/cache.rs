@@ -449,6 +449,9 @@ impl Cache {
         // Read before anything else: a value loaded from the source may be stored only if no
         // invalidation started since, and callers that arrive after an invalidation never join
         // a load that began before it (the flight is named by the epoch).
+        // Clears the in-process tier first if the breaker opened since it was last used, so
+        // that doing it below does not make this load's fill look stale.
+        let _ = self.local();
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
@@ -724,6 +727,7 @@ impl Cache {
             entries: local.entry_count(),
             size_bytes: local.size_bytes(),
             evictions: local.evictions(),
+            channel_losses: local.channel_losses(),
         })
     }
 }

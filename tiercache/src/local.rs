@@ -65,6 +65,8 @@ pub(crate) struct Local {
     trips_seen: AtomicU64,
     /// Entries dropped to stay within the capacity.
     evictions: Arc<AtomicU64>,
+    /// Times the invalidation channel was lost.
+    channel_losses: AtomicU64,
 }
 
 impl std::fmt::Debug for Local {
@@ -100,6 +102,7 @@ impl Local {
             live: AtomicBool::new(false),
             trips_seen: AtomicU64::new(0),
             evictions,
+            channel_losses: AtomicU64::new(0),
         }
     }
 
@@ -108,9 +111,17 @@ impl Local {
         self.live.load(Ordering::SeqCst)
     }
 
-    /// Marks the tier usable. The caller clears it first.
+    /// Marks the tier usable (the caller clears it first) or not.
     pub(crate) fn set_live(&self, live: bool) {
-        self.live.store(live, Ordering::SeqCst);
+        if !self.live.swap(live, Ordering::SeqCst) || live {
+            return;
+        }
+        self.channel_losses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times the tier went from live to dead.
+    pub(crate) fn channel_losses(&self) -> u64 {
+        self.channel_losses.load(Ordering::Relaxed)
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {

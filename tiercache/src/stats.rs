@@ -75,6 +75,8 @@ pub struct LocalStats {
     pub size_bytes: u64,
     /// Entries dropped to stay within the capacity.
     pub evictions: u64,
+    /// Times the invalidation channel was lost (each time the tier was cleared).
+    pub channel_losses: u64,
 }
 
 /// Hits and misses of one category.

@@ -362,3 +362,59 @@ async fn the_tier_stays_within_its_capacity() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A subscription that silently stops delivering (its peer vanished without a reset) is found
+/// by the missing heartbeats, dropped and replaced; writes by other instances reach the tier
+/// again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_channel_is_found_by_its_heartbeats() {
+    let server = RedisServer::start();
+    let proxy = tiercache_testkit::FaultProxy::start(server.addr());
+    let ns = unique_namespace();
+    let cache = builder(&server)
+        .url(proxy.url())
+        .namespace(ns.as_str())
+        .local_capacity(CAPACITY)
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    wait_live(&cache, true).await;
+    let peer = tiered(&server, &ns).await;
+    let key = cache.key(&Category::SESSIONS, ["s"]);
+
+    proxy.blackhole_existing();
+    let took = wait_until(
+        Duration::from_secs(15),
+        "the silent channel is dropped",
+        || {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .stats()
+                    .await
+                    .local
+                    .is_some_and(|l| l.channel_losses >= 1)
+            }
+        },
+    )
+    .await;
+    println!("silent channel dropped after {took:?}");
+    wait_live(&cache, true).await;
+    wait_until(Duration::from_secs(5), "the breaker closed", || {
+        let cache = cache.clone();
+        async move { cache.is_connected() }
+    })
+    .await;
+
+    // The new subscription delivers: a peer's insert reaches this tier.
+    assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
+    assert_eq!(cache.get::<u32>(&key).await, Some(1));
+    peer.insert(&key, &2u32).await;
+    wait_until(Duration::from_secs(2), "the peer's insert arrives", || {
+        let cache = cache.clone();
+        let key = key.clone();
+        async move { cache.get::<u32>(&key).await == Some(2) }
+    })
+    .await;
+}
