@@ -1,6 +1,9 @@
 //! Cache hits served from Redis, side by side with a raw redis-crate `GET` + decode of the same
-//! value on the same server, at 1, 16 and 64 concurrent tasks. Rounds alternate between the two
-//! so that machine noise hits both alike; the ratio is what to read.
+//! value on the same server, at 1, 16 and 64 concurrent tasks, and hits served by the in-process
+//! tier (a cache built with `local_capacity`). Rounds alternate between the three so that
+//! machine noise hits all alike; the ratios are what to read. A tier hit never waits, so its
+//! loop yields to the scheduler once per call (as a request handler would at its I/O), which is
+//! included in its figures.
 //!
 //! Run with: `cargo bench -p tiercache --bench hit_throughput`
 //! (`BENCH_SECS=2` sets the length of each round; default 1.)
@@ -96,10 +99,17 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let cache = Cache::builder().url(server.url()).namespace("bench").build().await.unwrap();
+        let tiered = Cache::builder().url(server.url()).namespace("bench").local_capacity(16 << 20).build().await.unwrap();
         let key = cache.key(&Category::SCAN_RESULTS, ["hit"]);
         let v = value();
         cache.insert(&key, &v).await;
         assert_eq!(cache.get::<ScanSummary>(&key).await, Some(v.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tiered.stats().await.local.is_some_and(|l| l.live) {
+            assert!(Instant::now() < deadline, "the in-process tier did not go live");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tiered.get::<ScanSummary>(&key).await, Some(v.clone()));
 
         let client = redis::Client::open(server.url()).unwrap();
         let raw_conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -112,10 +122,10 @@ fn main() {
             stored.len(),
             stored[2] != 0,
         );
-        println!("| tasks | raw ops/s | cache ops/s | ratio | raw p50 µs | cache p50 µs | raw p99 µs | cache p99 µs |");
-        println!("|------:|----------:|------------:|------:|-----------:|-------------:|-----------:|-------------:|");
+        println!("| tasks | raw ops/s | cache ops/s | ratio | raw p50 µs | cache p50 µs | raw p99 µs | cache p99 µs | tier ops/s | tier ratio | tier p50 µs | tier p99 µs |");
+        println!("|------:|----------:|------------:|------:|-----------:|-------------:|-----------:|-------------:|-----------:|-----------:|------------:|------------:|");
         for tasks in [1usize, 16, 64] {
-            let (mut raw, mut cached) = (Tally::default(), Tally::default());
+            let (mut raw, mut cached, mut tier) = (Tally::default(), Tally::default(), Tally::default());
             for _ in 0..ROUNDS {
                 let (conn, k) = (raw_conn.clone(), raw_key.clone());
                 let (n, e, l) = round(tasks, secs, move || {
@@ -136,9 +146,19 @@ fn main() {
                 })
                 .await;
                 cached.add(n, e, l);
+                let (c, k) = (tiered.clone(), key.clone());
+                let (n, e, l) = round(tasks, secs, move || {
+                    let (c, k) = (c.clone(), k.clone());
+                    async move {
+                        std::hint::black_box(c.get::<ScanSummary>(&k).await.unwrap());
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await;
+                tier.add(n, e, l);
             }
             println!(
-                "| {tasks:>5} | {:>9.0} | {:>11.0} | {:>5.2} | {:>10.1} | {:>12.1} | {:>10.1} | {:>12.1} |",
+                "| {tasks:>5} | {:>9.0} | {:>11.0} | {:>5.2} | {:>10.1} | {:>12.1} | {:>10.1} | {:>12.1} | {:>10.0} | {:>10.1} | {:>11.1} | {:>11.1} |",
                 raw.throughput(),
                 cached.throughput(),
                 cached.throughput() / raw.throughput(),
@@ -146,9 +166,16 @@ fn main() {
                 cached.percentile(0.5),
                 raw.percentile(0.99),
                 cached.percentile(0.99),
+                tier.throughput(),
+                tier.throughput() / raw.throughput(),
+                tier.percentile(0.5),
+                tier.percentile(0.99),
             );
         }
         let s = cache.stats().await;
         assert_eq!(s.errors, 0, "no errors during the run");
+        let t = tiered.stats().await;
+        assert_eq!(t.errors, 0, "no errors during the run");
+        assert!(t.hits - t.local_hits <= 1, "every tier hit but the first was served in process");
     });
 }

@@ -1,5 +1,5 @@
-//! tiercache: a cache layer for Rust backends that puts Redis between a service and its
-//! database, and never fails its caller.
+//! tiercache: a cache layer for Rust backends that puts an in-process tier and Redis between a
+//! service and its database, and never fails its caller.
 //!
 //! Repeated reads stop reaching the database; when Redis is absent, slow, hung or restarting,
 //! every call still answers within a bounded time and the service serves from its database.
@@ -50,6 +50,15 @@
 //! reset (a partition or a failover) and only a new connection can reach Redis. A failed
 //! invalidation opens the breaker at once and is replayed before the breaker closes, so a value
 //! invalidated by an acknowledged write is never served.
+//!
+//! # Two tiers
+//! With [`CacheBuilder::local_capacity`], reads are answered from a bounded in-process tier
+//! first, filled from Redis with each entry's remaining TTL. Invalidations, clears and inserts are
+//! published on a Redis pub/sub channel per namespace, and every other instance drops the named
+//! entries from its tier. The tier is used only while that channel is subscribed (and heard from:
+//! each instance publishes a heartbeat every [`HEARTBEAT`]) and the breaker is closed; whenever
+//! either was lost, it is cleared before it is used again. The writing instance never serves an
+//! old value after its write returned; another instance drops it when the notice arrives.
 
 mod breaker;
 mod builder;
