@@ -5,7 +5,6 @@
 //! not on the first request.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
@@ -14,6 +13,7 @@ use crate::bus::{self, Bus};
 use crate::cache::{Cache, Inner};
 use crate::coalesce::Coalescer;
 use crate::codec::{Codec, Envelope};
+use crate::epoch::Epoch;
 use crate::error::{Error, Result};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, KeySpace};
@@ -387,14 +387,15 @@ impl CacheBuilder {
             counters.clone(),
         )?);
         let tiered = self.enabled && self.local_capacity > 0;
-        let bus = tiered.then(|| Arc::new(Bus::new(&keys)));
+        // Every enabled cache publishes its invalidations; only one with a tier subscribes.
+        let bus = self.enabled.then(|| Arc::new(Bus::new(&keys)));
         let local = tiered.then(|| {
             Arc::new(Local::new(LocalConfig {
                 capacity_bytes: self.local_capacity,
                 max_ttl: self.local_max_ttl,
             }))
         });
-        let epoch = Arc::new(AtomicU64::new(0));
+        let epoch = Arc::new(Epoch::default());
         let pending = Arc::new(PendingInvalidations::new(
             keys.namespace_pattern(),
             bus.clone(),

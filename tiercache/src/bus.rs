@@ -1,15 +1,19 @@
 //! The invalidation channel: keeps the in-process tiers of every instance coherent.
 //!
-//! Each cache with an in-process tier subscribes to one Redis pub/sub channel per namespace
-//! (`{env}:{namespace}:__invalidations`). Every invalidation, clear and explicit insert is
-//! published there after it reached Redis, as a small JSON [`Notice`]; each other instance drops
-//! the named entries from its tier (and bumps its epoch, so that a load in flight there does not
-//! store a value the notice made stale).
+//! Every cache publishes each invalidation, clear and explicit insert, after it reached Redis, on
+//! one Redis pub/sub channel per namespace (`{env}:{namespace}:__invalidations`) as a small JSON
+//! [`Notice`]; caches without an in-process tier publish too, so that a writer configured without
+//! one (a batch job, an older deployment) still reaches the tiers of the others. Each cache with
+//! a tier subscribes, and drops the named entries from it after advancing its epoch, so that a
+//! read in flight there does not put a value the notice made stale back into the tier, nor into
+//! Redis if its fill has not checked the epoch yet. (A fill already past that check can still
+//! store an older value in Redis; that cross-instance race is narrowed here, not closed.)
 //!
 //! Redis pub/sub delivers at most once, so the channel task treats any doubt as loss:
 //! - the subscription connection closes (Redis restarted, `CLIENT KILL`, output buffer overflow),
-//! - or nothing arrives for [`MISSED_HEARTBEATS`] heartbeats, although every instance publishes
-//!   one each [`HEARTBEAT`], its own included (a connection that silently stopped delivering).
+//! - or this instance's own heartbeat, published each [`HEARTBEAT`] through its command
+//!   connection, has not come back for [`MISSED_HEARTBEATS`] periods (a subscription that silently
+//!   stopped delivering, or one that reaches another server than the commands do).
 //!
 //! On loss the tier is marked dead and cleared, and stays dead until a new subscription is up;
 //! it is cleared once more before it is marked live again, so nothing cached before or during the
@@ -17,12 +21,12 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::epoch::Epoch;
 use crate::error::Result;
 use crate::key::{KeySpace, Pattern};
 use crate::local::Local;
@@ -91,23 +95,25 @@ impl Bus {
     }
 
     /// Applies a notice from another instance; a message that does not parse clears the tier.
-    fn apply(&self, payload: &[u8], local: &Local, epoch: &AtomicU64) {
+    /// Returns whether it was this instance's own.
+    fn apply(&self, payload: &[u8], local: &Local, epoch: &Epoch) -> bool {
         let notice = match serde_json::from_slice::<Notice>(payload) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable message on the invalidation channel; clearing the in-process tier");
                 drop_all(local, epoch);
-                return;
+                return false;
             }
         };
-        if notice.from == self.id
-            || (notice.keys.is_empty() && notice.patterns.is_empty() && !notice.clear)
-        {
-            return;
+        if notice.from == self.id {
+            return true;
         }
-        // Before the entries go: a load that read Redis before this notice must not put its
-        // value back into the tier, nor into Redis.
-        epoch.fetch_add(1, Ordering::SeqCst);
+        if notice.keys.is_empty() && notice.patterns.is_empty() && !notice.clear {
+            return false;
+        }
+        // Before the entries go: a read that asked Redis before this notice must not put its
+        // value back (see `epoch`).
+        epoch.advance();
         if notice.clear {
             local.clear();
         }
@@ -122,12 +128,13 @@ impl Bus {
             clear = notice.clear,
             "applied an invalidation from another instance"
         );
+        false
     }
 }
 
-/// Clears the tier, after bumping the epoch so that loads in flight do not refill it.
-fn drop_all(local: &Local, epoch: &AtomicU64) {
-    epoch.fetch_add(1, Ordering::SeqCst);
+/// Clears the tier, after advancing the epoch so that reads in flight do not refill it.
+fn drop_all(local: &Local, epoch: &Epoch) {
+    epoch.advance();
     local.clear();
 }
 
@@ -136,7 +143,7 @@ pub(crate) fn spawn(
     bus: Arc<Bus>,
     remote: Arc<Remote>,
     local: Arc<Local>,
-    epoch: Arc<AtomicU64>,
+    epoch: Arc<Epoch>,
     retry: Duration,
 ) -> TaskGuard {
     TaskGuard::new(tokio::spawn(run(bus, remote, local, epoch, retry)))
@@ -146,7 +153,7 @@ async fn run(
     bus: Arc<Bus>,
     remote: Arc<Remote>,
     local: Arc<Local>,
-    epoch: Arc<AtomicU64>,
+    epoch: Arc<Epoch>,
     retry: Duration,
 ) {
     let failures = LogLimiter::new(Duration::from_secs(30));
@@ -177,20 +184,22 @@ async fn listen(
     bus: &Bus,
     remote: &Remote,
     local: &Local,
-    epoch: &AtomicU64,
+    epoch: &Epoch,
     stream: impl futures_util::Stream<Item = Vec<u8>>,
 ) -> &'static str {
     let mut stream = pin!(stream);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only this instance's own messages prove the path from its commands to its subscription.
     let mut last_heard = Instant::now();
     let silence = HEARTBEAT * MISSED_HEARTBEATS;
     loop {
         tokio::select! {
             message = stream.next() => match message {
                 Some(payload) => {
-                    last_heard = Instant::now();
-                    bus.apply(&payload, local, epoch);
+                    if bus.apply(&payload, local, epoch) {
+                        last_heard = Instant::now();
+                    }
                 }
                 None => return "the subscription connection closed",
             },
@@ -202,7 +211,7 @@ async fn listen(
                     continue;
                 }
                 if last_heard.elapsed() > silence {
-                    return "no message, not even this instance's heartbeat, for 3 heartbeats";
+                    return "this instance's own heartbeat did not come back for 3 periods";
                 }
                 let _ = bus.publish(remote, &[], &[], false, true).await;
             }
@@ -224,28 +233,24 @@ mod tests {
             capacity_bytes: 1 << 20,
             max_ttl: Duration::from_secs(60),
         });
-        let epoch = AtomicU64::new(0);
+        let epoch = Epoch::default();
         let a = keys.key(&Category::SESSIONS, ["a"]);
         let b = keys.key(&Category::SESSIONS, ["b"]);
         for k in [&a, &b] {
             local.insert(k.as_str(), Arc::from(&b"v"[..]), Duration::from_secs(60));
         }
-        me.apply(&me.encode(&[a.as_str()], &[], false), &local, &epoch);
+        assert!(me.apply(&me.encode(&[a.as_str()], &[], false), &local, &epoch));
         assert!(
             local.get(a.as_str()).is_some(),
             "own notices are not re-applied"
         );
-        assert_eq!(epoch.load(Ordering::SeqCst), 0);
-        me.apply(&other.encode(&[], &[], false), &local, &epoch);
-        assert_eq!(
-            epoch.load(Ordering::SeqCst),
-            0,
-            "a heartbeat changes nothing"
-        );
+        assert_eq!(epoch.current(), 0);
+        assert!(!me.apply(&other.encode(&[], &[], false), &local, &epoch));
+        assert_eq!(epoch.current(), 0, "a heartbeat changes nothing");
         me.apply(&other.encode(&[a.as_str()], &[], false), &local, &epoch);
         assert!(local.get(a.as_str()).is_none());
         assert!(local.get(b.as_str()).is_some());
-        assert_eq!(epoch.load(Ordering::SeqCst), 1);
+        assert_eq!(epoch.current(), 1);
         let p = keys.pattern(&Category::SESSIONS, ["b"]);
         me.apply(&other.encode(&[], &[&p], false), &local, &epoch);
         assert!(local.get(b.as_str()).is_none());

@@ -12,7 +12,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -22,6 +21,7 @@ use crate::builder::CacheBuilder;
 use crate::bus::Bus;
 use crate::coalesce::Coalescer;
 use crate::codec::Envelope;
+use crate::epoch::Epoch;
 use crate::error::{Error, Result};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, Key, KeySpace, Pattern};
@@ -81,12 +81,12 @@ pub(crate) struct Inner {
     /// it exclusively while they bump `epoch` and delete. A tokio lock because both sides hold it
     /// across their Redis round trip.
     pub(crate) fill_guard: tokio::sync::RwLock<()>,
-    /// Number of invalidations started by this cache or received from other instances, and of
+    /// Advanced by invalidations started by this cache or received from other instances, and by
     /// clears of the in-process tier. Shared with the channel task.
-    pub(crate) epoch: Arc<AtomicU64>,
+    pub(crate) epoch: Arc<Epoch>,
     /// The in-process tier, if configured.
     pub(crate) local: Option<Arc<Local>>,
-    /// The invalidation channel, present with the in-process tier.
+    /// The invalidation channel, present when the cache is enabled.
     pub(crate) bus: Option<Arc<Bus>>,
     /// Held to keep the recovery task alive; `None` when the cache is disabled.
     pub(crate) _probe: Option<TaskGuard>,
@@ -166,13 +166,13 @@ impl Cache {
             // Another type than the one stored: let the Redis path below decide.
             local.remove(key.as_str());
         }
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let epoch = self.inner.epoch.current();
         let Some((bytes, ttl)) = self.inner.remote.get_with_ttl(key.as_str()).await? else {
             return Ok(None);
         };
         let value = self.decode_or_discard(key.as_str(), &bytes).await;
-        if value.is_some() {
-            let ttl = ttl.unwrap_or(Duration::MAX);
+        // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
+        if let (Some(_), Some(ttl)) = (&value, ttl) {
             self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
         }
         Ok(value)
@@ -189,21 +189,23 @@ impl Cache {
         }
         let trips = breaker.trips();
         if local.trips_seen() != trips {
-            self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+            self.inner.epoch.advance();
             local.clear();
             local.saw_trips(trips);
+            // Had the breaker opened again meanwhile, this clear would not count for it.
+            if !breaker.is_closed() {
+                return None;
+            }
         }
         Some(local)
     }
 
-    /// Puts a value read from Redis when the epoch was `epoch` into the tier, unless an
-    /// invalidation started since. Insert first, check second: an invalidation bumps the epoch
-    /// before it drops entries, so either it drops this one or this check sees its bump.
+    /// Puts a value read from Redis when the epoch was `epoch` into the tier, unless the epoch
+    /// moved since (see `epoch`).
     fn fill_local(&self, local: &Local, key: &str, bytes: Arc<[u8]>, ttl: Duration, epoch: u64) {
-        local.insert(key, bytes, ttl);
-        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
-            local.remove(key);
-        }
+        self.inner
+            .epoch
+            .if_current(epoch, || local.insert(key, bytes, ttl));
     }
 
     /// Drops keys from the in-process tier (whether or not it is live: dropping is always safe).
@@ -452,7 +454,7 @@ impl Cache {
         // Clears the in-process tier first if the breaker opened since it was last used, so
         // that doing it below does not make this load's fill look stale.
         let _ = self.local();
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let epoch = self.inner.epoch.current();
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
         let reachable = match self.read(key).await {
@@ -496,7 +498,7 @@ impl Cache {
     /// Stores a loaded value unless an invalidation started since `epoch` was read.
     async fn fill<T: Serialize>(&self, key: &Key, value: &T, epoch: u64) {
         let _shared = self.inner.fill_guard.read().await;
-        if self.inner.epoch.load(Ordering::SeqCst) != epoch {
+        if self.inner.epoch.current() != epoch {
             tracing::debug!(
                 key = key.as_str(),
                 "an invalidation ran during the load; not storing its value"
@@ -523,10 +525,10 @@ impl Cache {
     /// so none of them joins a load that may have read the old value.
     async fn invalidating<R>(&self, drop_local: impl Fn(), f: impl Future<Output = R>) -> R {
         let _exclusive = self.inner.fill_guard.write().await;
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.epoch.advance();
         drop_local();
         let result = f.await;
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.epoch.advance();
         drop_local();
         result
     }
@@ -664,8 +666,9 @@ impl Cache {
     /// Number of callers waiting for the load of `key` now in flight in this process (0 when
     /// none is). For diagnostics and tests.
     pub fn loads_waiting(&self, key: &Key) -> usize {
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        self.inner.loads.waiters(&flight_name(epoch, key))
+        self.inner
+            .loads
+            .waiters(&flight_name(self.inner.epoch.current(), key))
     }
 
     fn check_raw(&self, raw_key: &str) -> Result<()> {

@@ -66,6 +66,7 @@ mod bus;
 mod cache;
 mod coalesce;
 mod codec;
+mod epoch;
 mod error;
 mod invalidation;
 mod key;

@@ -89,7 +89,6 @@ impl Local {
                 u32::try_from(key.len() + entry.bytes.len()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .support_invalidation_closures()
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
                     counted.fetch_add(1, Ordering::Relaxed);
@@ -141,20 +140,27 @@ impl Local {
         self.entries.invalidate(key);
     }
 
-    /// Drops every entry `pattern` may match. A pattern this tier cannot match exactly clears
-    /// everything: dropping too much costs a Redis read, keeping too much would serve stale data.
+    /// Drops every entry `pattern` may match, walking the entries (O(entries), on the writer's
+    /// side; moka's lazy invalidation closures would instead pile up and be evaluated on every
+    /// read until housekeeping has visited every entry). A pattern this tier cannot match exactly
+    /// clears everything: dropping too much costs a Redis read, keeping too much would serve
+    /// stale data.
+    ///
+    /// Entries inserted while the walk runs are not guaranteed to be visited; the epoch (advanced
+    /// before this is called) keeps stale ones out.
     pub(crate) fn remove_matching(&self, pattern: &Pattern) {
         if pattern.matches("").is_none() {
             self.clear();
             return;
         }
-        let pattern = pattern.clone();
-        let registered = self
+        let doomed: Vec<Arc<String>> = self
             .entries
-            .invalidate_entries_if(move |key, _| pattern.matches(key).unwrap_or(true));
-        if registered.is_err() {
-            // Only if closures were disabled at build time, which `new` never does.
-            self.clear();
+            .iter()
+            .filter(|(key, _)| pattern.matches(key).unwrap_or(true))
+            .map(|(key, _)| key)
+            .collect();
+        for key in doomed {
+            self.entries.invalidate(key.as_str());
         }
     }
 

@@ -163,8 +163,9 @@ impl Remote {
         .await
     }
 
-    /// `GET` and `PTTL` in one round trip: the value and how long Redis keeps it (`None` if it
-    /// has no expiry), for the in-process tier, whose copy must not outlive Redis's.
+    /// `GET` and `PTTL` in one round trip: the value and how long Redis keeps it, for the
+    /// in-process tier, whose copy must not outlive Redis's. The TTL is `Duration::MAX` for a key
+    /// without expiry, and `None` if the key expired between the two commands.
     pub(crate) async fn get_with_ttl(
         &self,
         key: &str,
@@ -180,7 +181,11 @@ impl Remote {
                     .await
             })
             .await?;
-        Ok(value.map(|v| (v, u64::try_from(ms).ok().map(Duration::from_millis))))
+        let ttl = match ms {
+            -1 => Some(Duration::MAX),
+            ms => u64::try_from(ms).ok().map(Duration::from_millis),
+        };
+        Ok(value.map(|v| (v, ttl)))
     }
 
     /// `PUBLISH channel payload`. `guarded: false` ignores the breaker (for replays).

@@ -39,10 +39,22 @@ async fn wait_live(cache: &Cache, live: bool) -> Duration {
     .await
 }
 
-/// A cache in namespace `ns` without a tier (and so without the channel): its writes reach
-/// Redis but no other instance's tier, like a write the channel lost.
+/// A cache in namespace `ns` without a tier (it still publishes its writes).
 async fn untiered(server: &RedisServer, ns: &str) -> Cache {
     builder(server).namespace(ns).build().await.unwrap()
+}
+
+/// Writes `value` straight into Redis, as the cache would store it (envelope version, postcard,
+/// uncompressed; a `u32` below 128 is one byte), but without any notice: like a write whose
+/// notice the channel lost.
+fn silent_set(server: &RedisServer, key: &tiercache::Key, value: u8) {
+    assert!(value < 128);
+    let stored: String = [tiercache::ENVELOPE_VERSION, 1, 0, value]
+        .iter()
+        .map(|&b| char::from(b))
+        .collect();
+    let reply = server.command(&["SET", key.as_str(), &stored]).unwrap();
+    assert!(reply.starts_with("+OK"), "{reply:?}");
 }
 
 #[tokio::test]
@@ -73,16 +85,21 @@ async fn writes_reach_the_tiers_of_other_instances() {
     let server = RedisServer::start();
     let ns = unique_namespace();
     let (a, b) = (tiered(&server, &ns).await, tiered(&server, &ns).await);
-    let silent = untiered(&server, &ns).await;
+    let plain = untiered(&server, &ns).await;
     let key = b.key(&Category::IMAGE_METADATA, ["app"]);
     let other = b.key(&Category::IMAGE_METADATA, ["other"]);
     assert_eq!(b.get_with(&key, async { 1u32 }).await, 1);
     assert_eq!(b.get_with(&other, async { 1u32 }).await, 1);
 
     // A write that bypasses the channel is not seen by b: it reads its tier.
-    silent.insert(&key, &2u32).await;
-    silent.insert(&other, &2u32).await;
+    silent_set(&server, &key, 2);
+    silent_set(&server, &other, 2);
     assert_eq!(b.get::<u32>(&key).await, Some(1));
+    assert_eq!(
+        plain.get::<u32>(&key).await,
+        Some(2),
+        "Redis has the new value"
+    );
 
     // An insert by a peer drops b's entry.
     a.insert(&key, &3u32).await;
@@ -117,13 +134,38 @@ async fn writes_reach_the_tiers_of_other_instances() {
     })
     .await;
     assert_eq!(b.get_with(&key, async { 4u32 }).await, 4);
-    silent.insert(&key, &5u32).await;
+    silent_set(&server, &key, 5);
     a.clear().await.unwrap();
     wait_until(Duration::from_secs(2), "b sees a's clear", || {
         let b = b.clone();
         let key = key.clone();
         async move { b.get::<u32>(&key).await.is_none() }
     })
+    .await;
+
+    // A writer without a tier of its own (a batch job, say) still reaches b's tier.
+    assert_eq!(b.get_with(&key, async { 6u32 }).await, 6);
+    plain.insert(&key, &7u32).await;
+    wait_until(
+        Duration::from_secs(2),
+        "b sees the plain cache's insert",
+        || {
+            let b = b.clone();
+            let key = key.clone();
+            async move { b.get::<u32>(&key).await == Some(7) }
+        },
+    )
+    .await;
+    plain.invalidate(&key).await;
+    wait_until(
+        Duration::from_secs(2),
+        "b sees the plain cache's invalidation",
+        || {
+            let b = b.clone();
+            let key = key.clone();
+            async move { b.get::<u32>(&key).await.is_none() }
+        },
+    )
     .await;
 }
 
@@ -132,10 +174,9 @@ async fn a_lost_channel_drops_the_tier() {
     let server = RedisServer::start();
     let ns = unique_namespace();
     let cache = tiered(&server, &ns).await;
-    let silent = untiered(&server, &ns).await;
     let key = cache.key(&Category::SESSIONS, ["s"]);
     assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
-    silent.insert(&key, &2u32).await;
+    silent_set(&server, &key, 2);
     assert_eq!(cache.get::<u32>(&key).await, Some(1), "served by the tier");
 
     // Invalidations sent while the subscription is down would be lost: the tier must go.
