@@ -383,6 +383,10 @@ impl CacheBuilder {
                 connect_timeout: self.connect_timeout,
                 breaker_threshold: self.breaker_threshold,
                 scan_count: self.scan_count,
+                generation_key: format!(
+                    "__tiercache_generation:{}",
+                    keys.prefix().trim_end_matches(':')
+                ),
             },
             counters.clone(),
         )?);

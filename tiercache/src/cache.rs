@@ -27,7 +27,7 @@ use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, Key, KeySpace, Pattern};
 use crate::local::Local;
 use crate::probe::TaskGuard;
-use crate::remote::Remote;
+use crate::remote::{Generation, Remote};
 use crate::stats::{Counters, LocalStats, Stats};
 use crate::ttl::TtlPolicy;
 
@@ -290,21 +290,31 @@ impl Cache {
         self.notify(&[key.as_str()], &[], false).await;
     }
 
-    /// Stores a value loaded by `get_with` with its category's TTL, without telling other
-    /// instances: their tiers cannot hold this key, or it would not have been missing here.
-    /// Returns the stored bytes and TTL, for the in-process tier.
+    /// Stores a value loaded by `get_with` with its category's TTL, unless the generation moved
+    /// since `noted` (an invalidation by any instance), and without telling other instances:
+    /// their tiers cannot hold this key, or it would not have been missing here. Returns the
+    /// stored bytes and TTL, for the in-process tier.
     async fn store<T: Serialize + ?Sized>(
         &self,
         key: &Key,
         value: &T,
+        noted: &Generation,
     ) -> Option<(Vec<u8>, Duration)> {
         let ttl = self.inner.ttl.ttl(key.category());
         let bytes = self.encode(key.as_str(), value)?;
-        self.inner
+        let stored = self
+            .inner
             .remote
-            .set(key.as_str(), &bytes, ttl)
+            .set_if_generation(key.as_str(), &bytes, ttl, noted)
             .await
             .ok()?;
+        if !stored {
+            tracing::debug!(
+                key = key.as_str(),
+                "an invalidation (maybe by another instance) ran during the load; not storing its value"
+            );
+            return None;
+        }
         self.inner.counters.sets(1);
         Some((bytes, ttl))
     }
@@ -467,22 +477,27 @@ impl Cache {
             .inner
             .loads
             .run(&flight, |publish| async move {
-                let mut reachable = reachable;
                 // A load that finished between our miss and our taking the lead has stored its
-                // value: use it rather than load again.
+                // value: use it rather than load again. The same round trip notes the
+                // generation that our value will be stored against.
+                let mut noted = None;
                 if reachable {
-                    match self.peek(key).await {
-                        Ok(Some(v)) => return Ok::<T, Arc<E>>(v),
-                        Ok(None) => {}
-                        Err(_) => reachable = false,
+                    match self.inner.remote.get_noting_generation(key.as_str()).await {
+                        Ok((Some(bytes), _)) => {
+                            if let Some(v) = self.decode_or_discard(key.as_str(), &bytes).await {
+                                return Ok::<T, Arc<E>>(v);
+                            }
+                        }
+                        Ok((None, generation)) => noted = Some(generation),
+                        Err(_) => {}
                     }
                 }
                 self.inner.counters.loader_run();
                 let value = init.await.map_err(Arc::new)?;
                 // Waiters need not wait for the store (up to an op timeout if Redis hangs).
                 publish.publish(Ok::<T, Arc<E>>(value.clone()));
-                if reachable {
-                    self.fill(key, &value, epoch).await;
+                if let Some(noted) = &noted {
+                    self.fill(key, &value, epoch, noted).await;
                 }
                 Ok(value)
             })
@@ -496,7 +511,7 @@ impl Cache {
     }
 
     /// Stores a loaded value unless an invalidation started since `epoch` was read.
-    async fn fill<T: Serialize>(&self, key: &Key, value: &T, epoch: u64) {
+    async fn fill<T: Serialize>(&self, key: &Key, value: &T, epoch: u64, noted: &Generation) {
         let _shared = self.inner.fill_guard.read().await;
         if self.inner.epoch.current() != epoch {
             tracing::debug!(
@@ -505,7 +520,7 @@ impl Cache {
             );
             return;
         }
-        let Some((bytes, ttl)) = self.store(key, value).await else {
+        let Some((bytes, ttl)) = self.store(key, value, noted).await else {
             return;
         };
         if let Some(local) = self.local() {
@@ -548,7 +563,7 @@ impl Cache {
         let result = self
             .invalidating(
                 || self.forget_local(&[key]),
-                self.inner.remote.unlink(&[key], true),
+                self.inner.remote.invalidate_keys(&[key], true),
             )
             .await;
         match &result {

@@ -122,7 +122,7 @@ impl PendingInvalidations {
         let mut removed = 0;
         let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
         for chunk in keys.chunks(500) {
-            removed += remote.unlink(chunk, false).await?;
+            removed += remote.invalidate_keys(chunk, false).await?;
         }
         for p in &batch.patterns {
             removed += remote.unlink_matching(p, false).await?;

@@ -11,6 +11,19 @@
 //!    network partition) never holds a caller longer than that, and
 //! 3. records the outcome: successes close the failure streak; connection errors and timeouts
 //!    count towards opening the breaker and are logged at most once per interval.
+//!
+//! # The invalidation generation
+//! Loads are slow, and another instance may invalidate a key while one runs; storing the loaded
+//! value afterwards would undo that invalidation for a whole TTL. So every change that makes
+//! values stale (an invalidation of keys or by pattern, a clear, an overwrite) first `INCR`s one
+//! counter per namespace, the *generation* (`__tiercache_generation:{env}:{namespace}`, outside
+//! the namespace so that a clear never removes it). A load notes the generation in the same
+//! round trip as its last look for the key, and its value is stored by a script that `SET`s only
+//! if the generation is still the noted one: a value loaded before any overlapping invalidation,
+//! by any instance, is never stored. The price is that a load overlapping *any* invalidation in
+//! the namespace is not stored either (the next read loads again). The counter has no expiry,
+//! so it is not evicted under the `volatile-*` policies; under `allkeys-*` an eviction of it
+//! reopens that race for the loads in flight at that moment.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -46,6 +59,8 @@ pub(crate) struct RemoteConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker_threshold: u32,
     pub(crate) scan_count: usize,
+    /// The key of the namespace's invalidation generation.
+    pub(crate) generation_key: String,
 }
 
 /// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its probe task.
@@ -66,7 +81,23 @@ pub(crate) struct Remote {
     failure_log: LogLimiter,
     /// `host:port/db` (and user), never the password: safe to log.
     pub(crate) addr: String,
+    /// The namespace's invalidation generation (see the module docs).
+    generation_key: String,
+    /// `SET` if the generation is still the noted one.
+    fill_script: redis::Script,
 }
+
+/// The invalidation generation noted by a load: the counter's text, empty while it is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Generation(String);
+
+const FILL_SCRIPT: &str = r"
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
 
 impl Remote {
     /// Creates the connection manager without waiting for a connection; the first command (the
@@ -103,6 +134,8 @@ impl Remote {
             counters,
             failure_log: LogLimiter::new(Duration::from_secs(5)),
             addr,
+            generation_key: config.generation_key,
+            fill_script: redis::Script::new(FILL_SCRIPT),
         })
     }
 
@@ -232,28 +265,83 @@ impl Remote {
         .await
     }
 
-    /// `SET key value PX ttl`: value and expiry in one command, never a separate EXPIRE.
+    /// `GET key` and the invalidation generation, in one round trip: a load's last look for
+    /// the key, noting what its value must be stored against.
+    pub(crate) async fn get_noting_generation(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Generation)> {
+        let generation_key = self.generation_key.as_str();
+        let (value, generation): (Option<Vec<u8>>, Option<String>) = self
+            .call("GET (and generation)", |mut c| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(key)
+                    .cmd("GET")
+                    .arg(generation_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((value, Generation(generation.unwrap_or_default())))
+    }
+
+    /// Stores a loaded value (`SET PX`) unless the generation moved since `noted`: one script
+    /// call. Returns whether it was stored.
+    pub(crate) async fn set_if_generation(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        noted: &Generation,
+    ) -> Result<bool> {
+        let ms = ttl_millis(ttl);
+        let stored: i64 = self
+            .call("SET (if generation)", |mut c| async move {
+                self.fill_script
+                    .key(key)
+                    .key(self.generation_key.as_str())
+                    .arg(noted.0.as_str())
+                    .arg(value)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// An overwrite: advances the generation, then `SET key value PX ttl` (value and expiry in
+    /// one command, never a separate EXPIRE), in one round trip.
     pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let ms = ttl_millis(ttl);
+        let generation_key = self.generation_key.as_str();
         self.call("SET", |mut c| async move {
-            redis::cmd("SET")
+            redis::pipe()
+                .cmd("INCR")
+                .arg(generation_key)
+                .ignore()
+                .cmd("SET")
                 .arg(key)
                 .arg(value)
                 .arg("PX")
                 .arg(ms)
+                .ignore()
                 .exec_async(&mut c)
                 .await
         })
         .await
     }
 
-    /// Many `SET PX` in one pipeline: one round trip.
+    /// Many overwrites: the generation, then every `SET PX`, in one pipeline.
     pub(crate) async fn set_many(&self, entries: &[(&str, Vec<u8>, Duration)]) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
+        let generation_key = self.generation_key.as_str();
         self.call("SET (pipeline)", |mut c| async move {
             let mut pipe = redis::pipe();
+            pipe.cmd("INCR").arg(generation_key).ignore();
             for (key, value, ttl) in entries {
                 pipe.cmd("SET")
                     .arg(*key)
@@ -276,6 +364,40 @@ impl Remote {
     ) -> Result<u64> {
         self.call_maybe_guarded("UNLINK", guarded, |mut c| async move {
             redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// An invalidation of `keys`: advances the generation, then `UNLINK`s them, in one round
+    /// trip. Returns how many existed. `guarded: false` ignores the breaker (for replays).
+    pub(crate) async fn invalidate_keys<K: ToRedisArgs + Sync>(
+        &self,
+        keys: &[K],
+        guarded: bool,
+    ) -> Result<u64> {
+        let generation_key = self.generation_key.as_str();
+        self.call_maybe_guarded("UNLINK", guarded, |mut c| async move {
+            let (removed,): (u64,) = redis::pipe()
+                .cmd("INCR")
+                .arg(generation_key)
+                .ignore()
+                .cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut c)
+                .await?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// `INCR` of the generation alone, before a sweep.
+    async fn advance_generation(&self, guarded: bool) -> Result<()> {
+        let generation_key = self.generation_key.as_str();
+        self.call_maybe_guarded("INCR", guarded, |mut c| async move {
+            redis::cmd("INCR")
+                .arg(generation_key)
+                .exec_async(&mut c)
+                .await
         })
         .await
     }
@@ -345,10 +467,12 @@ impl Remote {
         self.call_maybe_guarded("SCAN", guarded, f).await
     }
 
-    /// Deletes every key matching `pattern`: SCAN with COUNT, then UNLINK each page's keys (never
-    /// KEYS, which blocks Redis). Returns how many keys were removed. `guarded: false` ignores
-    /// the breaker (for replaying invalidations during recovery).
+    /// An invalidation by pattern: advances the generation (first, so that a load noted before
+    /// cannot store behind the sweep), then deletes every key matching `pattern`: SCAN with
+    /// COUNT, then UNLINK each page's keys (never KEYS, which blocks Redis). Returns how many
+    /// keys were removed. `guarded: false` ignores the breaker (for replays during recovery).
     pub(crate) async fn unlink_matching(&self, pattern: &Pattern, guarded: bool) -> Result<u64> {
+        self.advance_generation(guarded).await?;
         let mut cursor = 0;
         let mut removed = 0;
         loop {

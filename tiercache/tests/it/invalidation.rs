@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tiercache::Category;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, command_calls, dbsize, wait_until};
+use crate::helpers::{builder, cache, command_calls, dbsize, unique_namespace, wait_until};
 
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -87,7 +87,17 @@ async fn clear_removes_this_namespace_only() {
     server.command(&["SET", "outside", "1"]).unwrap();
     assert_eq!(cache.stats().await.keys, Some(2500));
     assert_eq!(cache.clear().await.unwrap(), 2500);
-    assert_eq!(dbsize(&server), 2);
+    // Left: `outside`, the other namespace's key, and each namespace's invalidation
+    // generation, which lives outside its namespace so that a clear never resets it.
+    assert_eq!(dbsize(&server), 4);
+    let generation = format!(
+        "__tiercache_generation:{}",
+        cache.key_space().prefix().trim_end_matches(':')
+    );
+    assert_eq!(
+        server.command(&["EXISTS", generation.as_str()]).unwrap(),
+        ":1\r\n"
+    );
     assert_eq!(cache.stats().await.keys, Some(0));
     assert_eq!(other.stats().await.keys, Some(1));
     for cmd in ["flushdb", "flushall", "keys"] {
@@ -163,7 +173,11 @@ async fn an_invalidation_during_an_outage_is_applied_before_reads_resume() {
         "the stale value was removed"
     );
     assert_eq!(cache.get::<String>(&pattern_key).await, None);
-    assert_eq!(dbsize(&server), 0);
+    assert_eq!(
+        dbsize(&server),
+        1,
+        "only the invalidation generation is left"
+    );
 }
 
 #[tokio::test]
@@ -231,6 +245,71 @@ async fn a_slow_reader_never_stores_a_value_an_invalidation_made_stale() {
         cache.get_with(&key, async { "new".to_string() }).await,
         "new"
     );
+}
+
+/// The same race across instances: instance B loads slowly while instance A invalidates (by
+/// key, by pattern, by clearing the namespace, or by overwriting). B's process never hears of it
+/// (no in-process tier, so no subscription); only the Redis-side generation stops B's stale
+/// value from being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
+    let server = RedisServer::start();
+    for write in ["clear", "key", "pattern", "insert", "insert_many"] {
+        // A fresh namespace each time: the generation starts absent, the hardest case.
+        let ns = unique_namespace();
+        let a = builder(&server)
+            .namespace(ns.as_str())
+            .build()
+            .await
+            .unwrap();
+        let b = builder(&server)
+            .namespace(ns.as_str())
+            .build()
+            .await
+            .unwrap();
+        let key = b.key(&Category::SCAN_RESULTS, ["raced", write]);
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+        let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
+        let reader = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move {
+                b.get_with(&key, async move {
+                    loaded_tx.send(()).unwrap();
+                    written_rx.await.unwrap();
+                    "old".to_string()
+                })
+                .await
+            })
+        };
+        loaded_rx.await.unwrap();
+        let expected = match write {
+            "clear" => {
+                a.clear().await.unwrap();
+                None
+            }
+            "key" => {
+                a.invalidate(&key).await;
+                None
+            }
+            "pattern" => {
+                let p = a.key_space().pattern(&Category::SCAN_RESULTS, ["raced"]);
+                a.invalidate_pattern(&p).await.unwrap();
+                None
+            }
+            "insert" => {
+                a.insert(&key, "new").await;
+                Some("new".to_string())
+            }
+            _ => {
+                a.insert_many(&[(key.clone(), "new")]).await;
+                Some("new".to_string())
+            }
+        };
+        written_tx.send(()).unwrap();
+        assert_eq!(reader.await.unwrap(), "old", "{write}: B gets what it read");
+        assert_eq!(a.get::<String>(&key).await, expected, "{write}: not undone");
+        assert_eq!(b.stats().await.sets, 0, "{write}: B stored nothing");
+    }
 }
 
 /// A caller that arrives after an invalidation does not join a load that began before it: that
