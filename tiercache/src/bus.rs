@@ -5,9 +5,8 @@
 //! [`Notice`]; caches without an in-process tier publish too, so that a writer configured without
 //! one (a batch job, an older deployment) still reaches the tiers of the others. Each cache with
 //! a tier subscribes, and drops the named entries from it after advancing its epoch, so that a
-//! read in flight there does not put a value the notice made stale back into the tier, nor into
-//! Redis if its fill has not checked the epoch yet. (A fill already past that check can still
-//! store an older value in Redis; that cross-instance race is narrowed here, not closed.)
+//! read in flight there does not put a value the notice made stale back into the tier. (Redis
+//! itself is protected by the invalidation generation, see `remote`.)
 //!
 //! Redis pub/sub delivers at most once, so the channel task treats any doubt as loss:
 //! - the subscription connection closes (Redis restarted, `CLIENT KILL`, output buffer overflow),
