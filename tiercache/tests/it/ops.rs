@@ -297,3 +297,70 @@ async fn a_disabled_cache_never_touches_redis() {
     assert_eq!(dbsize(&server), 0);
     assert_eq!(command_calls(&server, "get"), 0);
 }
+
+/// The least privileges the README documents are enough for everything, the in-process tier
+/// and its channel included: keys of the namespace and its generation key, the namespace's
+/// channel, and the listed commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_least_privileges_are_enough() {
+    let server = RedisServer::start_with_args(&[
+        "--user",
+        "app",
+        "on",
+        ">pw",
+        "~test:least:*",
+        "~__tiercache_generation:test:least",
+        "&test:least:__invalidations",
+        "-@all",
+        "+get",
+        "+set",
+        "+mget",
+        "+unlink",
+        "+scan",
+        "+pttl",
+        "+exists",
+        "+strlen",
+        "+incr",
+        "+eval",
+        "+evalsha",
+        "+script|load",
+        "+publish",
+        "+subscribe",
+        "+ping",
+        "+info",
+    ]);
+    let cache = builder(&server)
+        .username("app")
+        .password("pw")
+        .namespace("least")
+        .local_capacity(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    assert!(cache.is_connected());
+    wait_until(Duration::from_secs(5), "the tier to go live", || async {
+        cache.stats().await.local.is_some_and(|l| l.live)
+    })
+    .await;
+    let key = cache.key(&Category::SESSIONS, ["s"]);
+    assert_eq!(cache.get_with(&key, async { 1u8 }).await, 1);
+    assert_eq!(cache.get::<u8>(&key).await, Some(1));
+    cache.insert(&key, &2u8).await;
+    assert_eq!(cache.get::<u8>(&key).await, Some(2));
+    let many = [(cache.key(&Category::SESSIONS, ["m"]), 3u8)];
+    cache.insert_many(&many).await;
+    assert_eq!(
+        cache.get_many::<u8>(&[many[0].0.clone()]).await,
+        vec![Some(3)]
+    );
+    assert!(cache.ttl(&key).await.unwrap().is_some());
+    assert!(cache.contains(&key).await.unwrap());
+    cache.invalidate(&key).await;
+    let p = cache.key_space().pattern(&Category::SESSIONS, ["m"]);
+    assert_eq!(cache.invalidate_pattern(&p).await.unwrap(), 1);
+    assert_eq!(cache.clear().await.unwrap(), 0);
+    let stats = cache.stats().await;
+    assert_eq!(stats.errors, 0, "no command was refused: {stats:?}");
+    assert!(stats.used_memory_bytes.is_some());
+    assert!(cache.is_connected());
+}
