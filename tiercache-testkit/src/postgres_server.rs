@@ -699,16 +699,15 @@ mod tests {
     fn drop_stops_the_postmaster_and_removes_the_dir() {
         let server = PostgresServer::start();
         let pid = server.postmaster_pid;
-        let port = server.port();
         let dir = server.dir.path().to_owned();
-        let bin_dir = server.bin_dir.clone();
         drop(server);
         assert!(
             eventually(Duration::from_secs(15), || !running(pid)),
             "postmaster {pid} survived drop"
         );
         assert!(!dir.exists());
-        assert!(!pg_isready(&bin_dir, Path::new("/"), port));
+        // Not "nothing answers on the port": another test's cluster may take the freed port at
+        // once (seen under CPU load). The postmaster being gone is the check.
     }
 
     #[test]
