@@ -383,10 +383,7 @@ impl CacheBuilder {
                 connect_timeout: self.connect_timeout,
                 breaker_threshold: self.breaker_threshold,
                 scan_count: self.scan_count,
-                generation_key: format!(
-                    "__tiercache_generation:{}",
-                    keys.prefix().trim_end_matches(':')
-                ),
+                key_prefix: keys.prefix().to_owned(),
             },
             counters.clone(),
         )?);
@@ -406,12 +403,21 @@ impl CacheBuilder {
         ));
         let probe = if self.enabled {
             match remote.probe().await {
-                Ok(rtt) => tracing::info!(
-                    addr = %remote.addr,
-                    rtt_us = rtt.as_micros() as u64,
-                    namespace = %keys.prefix(),
-                    "connected to redis"
-                ),
+                Ok(rtt) => {
+                    tracing::info!(
+                        addr = %remote.addr,
+                        rtt_us = rtt.as_micros() as u64,
+                        namespace = %keys.prefix(),
+                        "connected to redis"
+                    );
+                    if let Err(e) = remote.check_generation().await {
+                        tracing::warn!(
+                            addr = %remote.addr,
+                            error = %e,
+                            "cannot write this namespace's invalidation generation (an ACL without `tiercache#generation:*`, or memory full): loaded values will not be stored"
+                        );
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(
                         addr = %remote.addr,

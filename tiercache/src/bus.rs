@@ -6,7 +6,7 @@
 //! one (a batch job, an older deployment) still reaches the tiers of the others. Each cache with
 //! a tier subscribes, and drops the named entries from it after advancing its epoch, so that a
 //! read in flight there does not put a value the notice made stale back into the tier. (Redis
-//! itself is protected by the invalidation generation, see `remote`.)
+//! itself is protected by the invalidation generation, see `generation`.)
 //!
 //! Redis pub/sub delivers at most once, so the channel task treats any doubt as loss:
 //! - the subscription connection closes (Redis restarted, `CLIENT KILL`, output buffer overflow),

@@ -23,11 +23,12 @@ use crate::coalesce::Coalescer;
 use crate::codec::Envelope;
 use crate::epoch::Epoch;
 use crate::error::{Error, Result};
+use crate::generation::Generation;
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, Key, KeySpace, Pattern};
 use crate::local::Local;
 use crate::probe::TaskGuard;
-use crate::remote::{Generation, Remote};
+use crate::remote::Remote;
 use crate::stats::{Counters, LocalStats, Stats};
 use crate::ttl::TtlPolicy;
 
@@ -251,7 +252,8 @@ impl Cache {
         }
     }
 
-    /// Stores `value` under `key` with its category's TTL (with jitter), in one `SET ... PX`.
+    /// Stores `value` under `key` with its category's TTL (with jitter): one round trip that moves
+    /// the category's invalidation generation and then `SET ... PX`s the value.
     /// Failures are logged and counted, never returned.
     pub async fn insert<T: Serialize + ?Sized>(&self, key: &Key, value: &T) {
         let ttl = self.inner.ttl.ttl(key.category());
@@ -292,31 +294,31 @@ impl Cache {
 
     /// Stores a value loaded by `get_with` with its category's TTL, unless the generation moved
     /// since `noted` (an invalidation by any instance), and without telling other instances:
-    /// their tiers cannot hold this key, or it would not have been missing here. Returns the
-    /// stored bytes and TTL, for the in-process tier.
-    async fn store<T: Serialize + ?Sized>(
-        &self,
-        key: &Key,
-        value: &T,
-        noted: &Generation,
-    ) -> Option<(Vec<u8>, Duration)> {
+    /// their tiers cannot hold this key, or it would not have been missing here.
+    async fn store<T: Serialize + ?Sized>(&self, key: &Key, value: &T, noted: &Generation) -> Fill {
         let ttl = self.inner.ttl.ttl(key.category());
-        let bytes = self.encode(key.as_str(), value)?;
-        let stored = self
+        let Some(bytes) = self.encode(key.as_str(), value) else {
+            return Fill::Failed;
+        };
+        match self
             .inner
             .remote
             .set_if_generation(key.as_str(), &bytes, ttl, noted)
             .await
-            .ok()?;
-        if !stored {
-            tracing::debug!(
-                key = key.as_str(),
-                "an invalidation (maybe by another instance) ran during the load; not storing its value"
-            );
-            return None;
+        {
+            Ok(true) => {
+                self.inner.counters.sets(1);
+                Fill::Stored(bytes, ttl)
+            }
+            Ok(false) => {
+                tracing::debug!(
+                    key = key.as_str(),
+                    "an invalidation (maybe by another instance) ran during the load; not storing its value"
+                );
+                Fill::Refused
+            }
+            Err(_) => Fill::Failed,
         }
-        self.inner.counters.sets(1);
-        Some((bytes, ttl))
     }
 
     fn encode<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Option<Vec<u8>> {
@@ -426,8 +428,11 @@ impl Cache {
     /// the waiters wake and one of them runs its own `init`, so none is stranded. If Redis is
     /// unreachable, loads still coalesce and every caller still gets a value.
     ///
-    /// A value is not stored if this cache started an invalidation while `init` ran: the value
-    /// may predate the write that caused it, and storing it would make the invalidation undone.
+    /// A value is not stored if, while `init` ran, this cache started an invalidation, or any
+    /// instance invalidated or overwrote a key of the same category or cleared the namespace:
+    /// the value may predate the write that caused it, and storing it would undo the
+    /// invalidation. Callers that joined such a load then run their own `init` (coalesced among
+    /// themselves) instead of sharing a value that may predate a write they saw acknowledged.
     pub async fn try_get_with<T, E, F>(&self, key: &Key, init: F) -> Result<T, Arc<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -473,8 +478,7 @@ impl Cache {
             Err(_) => false,
         };
         let flight = flight_name(epoch, key);
-        let value = self
-            .inner
+        self.inner
             .loads
             .run(&flight, |publish| async move {
                 // A load that finished between our miss and our taking the lead has stored its
@@ -483,10 +487,11 @@ impl Cache {
                 let mut noted = None;
                 if reachable {
                     match self.inner.remote.get_noting_generation(key.as_str()).await {
-                        Ok((Some(bytes), _)) => {
+                        Ok((Some(bytes), generation)) => {
                             if let Some(v) = self.decode_or_discard(key.as_str(), &bytes).await {
-                                return Ok::<T, Arc<E>>(v);
+                                return Ok((v, CacheStatus::Miss));
                             }
+                            noted = Some(generation);
                         }
                         Ok((None, generation)) => noted = Some(generation),
                         Err(_) => {}
@@ -494,38 +499,41 @@ impl Cache {
                 }
                 self.inner.counters.loader_run();
                 let value = init.await.map_err(Arc::new)?;
-                // Waiters need not wait for the store (up to an op timeout if Redis hangs).
-                publish.publish(Ok::<T, Arc<E>>(value.clone()));
-                if let Some(noted) = &noted {
-                    self.fill(key, &value, epoch, noted).await;
+                let Some(noted) = noted else {
+                    return Ok((value, CacheStatus::Bypass));
+                };
+                if let Fill::Refused = self.fill(key, &value, epoch, &noted).await {
+                    // The value may predate an invalidation acknowledged after some of the
+                    // waiters arrived: they load for themselves rather than share it.
+                    publish.abandon();
                 }
-                Ok(value)
+                Ok((value, CacheStatus::Miss))
             })
-            .await?;
-        let status = if reachable {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Bypass
-        };
-        Ok((value, status))
+            .await
     }
 
-    /// Stores a loaded value unless an invalidation started since `epoch` was read.
-    async fn fill<T: Serialize>(&self, key: &Key, value: &T, epoch: u64, noted: &Generation) {
+    /// Stores a loaded value unless an invalidation started since `epoch` was read here, or since
+    /// `noted` anywhere.
+    async fn fill<T: Serialize>(
+        &self,
+        key: &Key,
+        value: &T,
+        epoch: u64,
+        noted: &Generation,
+    ) -> Fill {
         let _shared = self.inner.fill_guard.read().await;
         if self.inner.epoch.current() != epoch {
             tracing::debug!(
                 key = key.as_str(),
                 "an invalidation ran during the load; not storing its value"
             );
-            return;
+            return Fill::Refused;
         }
-        let Some((bytes, ttl)) = self.store(key, value, noted).await else {
-            return;
-        };
-        if let Some(local) = self.local() {
-            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
+        let filled = self.store(key, value, noted).await;
+        if let (Fill::Stored(bytes, ttl), Some(local)) = (&filled, self.local()) {
+            self.fill_local(local, key.as_str(), bytes.as_slice().into(), *ttl, epoch);
         }
+        filled
     }
 
     /// Runs a change of Redis (`f`: a delete or an overwrite) exclusively of fills, and drops its
@@ -748,6 +756,16 @@ impl Cache {
             channel_losses: local.channel_losses(),
         })
     }
+}
+
+/// What became of a loaded value.
+enum Fill {
+    /// Stored in Redis, as these bytes, for this TTL.
+    Stored(Vec<u8>, Duration),
+    /// Not stored: an invalidation overlapped the load.
+    Refused,
+    /// Not stored: it does not encode, or Redis failed.
+    Failed,
 }
 
 /// The coalescing name of a load of `key` that started at invalidation `epoch`.

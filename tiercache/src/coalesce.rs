@@ -91,6 +91,20 @@ impl Publish<'_> {
         })
     }
 
+    /// Ends the flight without a result: its waiters wake as if the leader had been cancelled
+    /// and race to lead a new one (each loading afresh), and callers arriving from now on start
+    /// a new flight. For a leader whose result must not be shared with callers that may have
+    /// arrived after it became stale.
+    pub(crate) fn abandon(&self) {
+        let Some(coalescer) = self.coalescer else {
+            return;
+        };
+        let mut flights = coalescer.lock();
+        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(self.key);
+        }
+    }
+
     /// Wakes the waiters with `result`. Later calls replace it for callers still to come.
     pub(crate) fn publish<R: Send + Sync + 'static>(&self, result: R) {
         let Some(coalescer) = self.coalescer else {
@@ -235,6 +249,43 @@ mod tests {
             .run("k", |_| async { Err(Arc::new("boom".to_string())) })
             .await;
         assert_eq!(r.unwrap_err().as_str(), "boom");
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_flight_sends_its_waiters_to_load_afresh() {
+        let c = Arc::new(Coalescer::default());
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.run("k", |publish| async move {
+                    let _ = go_rx.await;
+                    publish.abandon();
+                    1u32
+                })
+                .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while c.in_flight() == 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.run("k", |_| async { 2u32 }).await })
+        };
+        while c.waiters("k") < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter did not join"
+            );
+            tokio::task::yield_now().await;
+        }
+        go_tx.send(()).unwrap();
+        assert_eq!(leader.await.unwrap(), 1, "the leader keeps its own value");
+        assert_eq!(waiter.await.unwrap(), 2, "the waiter ran its own loader");
         assert_eq!(c.in_flight(), 0);
     }
 

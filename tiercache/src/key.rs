@@ -11,9 +11,9 @@
 //!   so the mapping from (category, parts) to key is injective, an encoded part never contains the
 //!   `:` separator, and it never contains the glob metacharacters `* ? [ ] \`: user input can never
 //!   widen a SCAN pattern.
-//! - The parts are wrapped in a Redis Cluster hash tag `{...}`. Keys that a Lua script must touch
-//!   together (a value and its companions) are built from the same parts and so land in one slot;
-//!   `{` and `}` in input are escaped, so input cannot pick the slot.
+//! - The parts are wrapped in a Redis Cluster hash tag `{...}`, so keys built from the same parts
+//!   land in one slot; `{` and `}` in input are escaped, so input cannot pick the slot. (The
+//!   namespace's generation hash is in another slot; see `generation` for what Cluster needs.)
 
 use std::borrow::Cow;
 use std::fmt;

@@ -40,7 +40,9 @@
 //! |---|---|---|
 //! | `tls` | off | `rediss://` URLs through rustls (ring), with `CacheBuilder::tls_root_certificate` for a private CA and `tls_client_certificate` for mutual TLS |
 //!
-//! Redis Cluster will arrive as a feature of its own; the key layout is ready for it (hash tags).
+//! Redis Cluster is not supported yet: besides the data keys (which carry hash tags), the cache
+//! uses one generation hash per namespace and scripts that touch both, which Cluster would
+//! reject across slots.
 //!
 //! # Failure model
 //! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`
@@ -68,6 +70,7 @@ mod coalesce;
 mod codec;
 mod epoch;
 mod error;
+mod generation;
 mod invalidation;
 mod key;
 mod local;

@@ -12,18 +12,8 @@
 //! 3. records the outcome: successes close the failure streak; connection errors and timeouts
 //!    count towards opening the breaker and are logged at most once per interval.
 //!
-//! # The invalidation generation
-//! Loads are slow, and another instance may invalidate a key while one runs; storing the loaded
-//! value afterwards would undo that invalidation for a whole TTL. So every change that makes
-//! values stale (an invalidation of keys or by pattern, a clear, an overwrite) first `INCR`s one
-//! counter per namespace, the *generation* (`__tiercache_generation:{env}:{namespace}`, outside
-//! the namespace so that a clear never removes it). A load notes the generation in the same
-//! round trip as its last look for the key, and its value is stored by a script that `SET`s only
-//! if the generation is still the noted one: a value loaded before any overlapping invalidation,
-//! by any instance, is never stored. The price is that a load overlapping *any* invalidation in
-//! the namespace is not stored either (the next read loads again). The counter has no expiry,
-//! so it is not evicted under the `volatile-*` policies; under `allkeys-*` an eviction of it
-//! reopens that race for the loads in flight at that moment.
+//! Changes that make values stale also move the namespace's invalidation generation, and loads
+//! are stored against it (see `generation`); the commands for both are here.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -36,6 +26,7 @@ use redis::{Client, ConnectionInfo, RedisResult, ToRedisArgs};
 
 use crate::breaker::Breaker;
 use crate::error::{Error, Result};
+use crate::generation::{self, Generation};
 use crate::key::Pattern;
 use crate::log_limiter::LogLimiter;
 use crate::stats::Counters;
@@ -59,8 +50,8 @@ pub(crate) struct RemoteConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker_threshold: u32,
     pub(crate) scan_count: usize,
-    /// The key of the namespace's invalidation generation.
-    pub(crate) generation_key: String,
+    /// The key space prefix, `{env}:{namespace}:` (for the invalidation generation).
+    pub(crate) key_prefix: String,
 }
 
 /// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its probe task.
@@ -81,23 +72,13 @@ pub(crate) struct Remote {
     failure_log: LogLimiter,
     /// `host:port/db` (and user), never the password: safe to log.
     pub(crate) addr: String,
-    /// The namespace's invalidation generation (see the module docs).
+    /// The key space prefix, for the generation fields of keys and patterns.
+    key_prefix: String,
+    /// The namespace's generation hash (see `generation`).
     generation_key: String,
-    /// `SET` if the generation is still the noted one.
+    /// Stores a loaded value if the generation is still the noted one.
     fill_script: redis::Script,
 }
-
-/// The invalidation generation noted by a load: the counter's text, empty while it is absent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Generation(String);
-
-const FILL_SCRIPT: &str = r"
-if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-";
 
 impl Remote {
     /// Creates the connection manager without waiting for a connection; the first command (the
@@ -134,8 +115,9 @@ impl Remote {
             counters,
             failure_log: LogLimiter::new(Duration::from_secs(5)),
             addr,
-            generation_key: config.generation_key,
-            fill_script: redis::Script::new(FILL_SCRIPT),
+            generation_key: generation::hash_key(&config.key_prefix),
+            key_prefix: config.key_prefix,
+            fill_script: redis::Script::new(generation::FILL_SCRIPT),
         })
     }
 
@@ -265,25 +247,41 @@ impl Remote {
         .await
     }
 
-    /// `GET key` and the invalidation generation, in one round trip: a load's last look for
-    /// the key, noting what its value must be stored against.
+    /// `GET key` and the generation tokens of its category and namespace, in one round trip
+    /// (creating the namespace token if it is absent): a load's last look for the key, noting
+    /// what its value must be stored against.
     pub(crate) async fn get_noting_generation(
         &self,
         key: &str,
     ) -> Result<(Option<Vec<u8>>, Generation)> {
-        let generation_key = self.generation_key.as_str();
-        let (value, generation): (Option<Vec<u8>>, Option<String>) = self
+        let field = generation::field(&self.key_prefix, key);
+        let hash = self.generation_key.as_str();
+        /// The value, then the category and namespace tokens.
+        type Reply = (Option<Vec<u8>>, (Option<String>, Option<String>));
+        let (value, tokens): Reply = self
             .call("GET (and generation)", |mut c| async move {
                 redis::pipe()
                     .cmd("GET")
                     .arg(key)
-                    .cmd("GET")
-                    .arg(generation_key)
+                    .cmd("HSETNX")
+                    .arg(hash)
+                    .arg(generation::NAMESPACE_FIELD)
+                    .arg(generation::token())
+                    .ignore()
+                    .cmd("HMGET")
+                    .arg(hash)
+                    .arg(field)
+                    .arg(generation::NAMESPACE_FIELD)
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        Ok((value, Generation(generation.unwrap_or_default())))
+        let generation = Generation {
+            field: field.to_owned(),
+            category: tokens.0.unwrap_or_default(),
+            namespace: tokens.1,
+        };
+        Ok((value, generation))
     }
 
     /// Stores a loaded value (`SET PX`) unless the generation moved since `noted`: one script
@@ -295,13 +293,20 @@ impl Remote {
         ttl: Duration,
         noted: &Generation,
     ) -> Result<bool> {
+        let Some(namespace) = noted.namespace.as_deref() else {
+            // The namespace token could not be created (memory full, or no permission): no
+            // store can be vouched for.
+            return Ok(false);
+        };
         let ms = ttl_millis(ttl);
         let stored: i64 = self
             .call("SET (if generation)", |mut c| async move {
                 self.fill_script
                     .key(key)
                     .key(self.generation_key.as_str())
-                    .arg(noted.0.as_str())
+                    .arg(noted.field.as_str())
+                    .arg(noted.category.as_str())
+                    .arg(namespace)
                     .arg(value)
                     .arg(ms)
                     .invoke_async(&mut c)
@@ -311,26 +316,40 @@ impl Remote {
         Ok(stored == 1)
     }
 
-    /// An overwrite: advances the generation, then `SET key value PX ttl` (value and expiry in
-    /// one command, never a separate EXPIRE), in one round trip.
+    /// Adds to `pipe` the command that moves the generation for changes of `targets` (keys or
+    /// patterns), ignoring its reply *and its failure*: a refused `HSET` (memory full under
+    /// `noeviction`, or an ACL without the hash) must not fail the invalidation itself, and is
+    /// safe, since under the same refusal no load can be stored either.
+    fn move_generation<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        targets: impl Iterator<Item = &'a str>,
+    ) {
+        let mut fields: Vec<&str> = targets
+            .map(|t| generation::field(&self.key_prefix, t))
+            .collect();
+        fields.sort_unstable();
+        fields.dedup();
+        let cmd = pipe.cmd("HSET").arg(&self.generation_key);
+        for field in fields {
+            cmd.arg(field).arg(generation::token());
+        }
+        pipe.ignore();
+    }
+
+    /// An overwrite: moves the generation, then `SET key value PX ttl` (value and expiry in one
+    /// command, never a separate EXPIRE), in one round trip.
     pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let ms = ttl_millis(ttl);
-        let generation_key = self.generation_key.as_str();
-        self.call("SET", |mut c| async move {
-            redis::pipe()
-                .cmd("INCR")
-                .arg(generation_key)
-                .ignore()
-                .cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ms)
-                .ignore()
-                .exec_async(&mut c)
-                .await
-        })
-        .await
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        self.move_generation(&mut pipe, std::iter::once(key));
+        pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(ms);
+        let pipe = &pipe;
+        let (reply,): (redis::Value,) = self
+            .call("SET", |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        check_reply(reply)
     }
 
     /// Many overwrites: the generation, then every `SET PX`, in one pipeline.
@@ -338,25 +357,28 @@ impl Remote {
         if entries.is_empty() {
             return Ok(());
         }
-        let generation_key = self.generation_key.as_str();
-        self.call("SET (pipeline)", |mut c| async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("INCR").arg(generation_key).ignore();
-            for (key, value, ttl) in entries {
-                pipe.cmd("SET")
-                    .arg(*key)
-                    .arg(value.as_slice())
-                    .arg("PX")
-                    .arg(ttl_millis(*ttl))
-                    .ignore();
-            }
-            pipe.exec_async(&mut c).await
-        })
-        .await
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        self.move_generation(&mut pipe, entries.iter().map(|(key, _, _)| *key));
+        for (key, value, ttl) in entries {
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(value.as_slice())
+                .arg("PX")
+                .arg(ttl_millis(*ttl));
+        }
+        let pipe = &pipe;
+        let replies: Vec<redis::Value> = self
+            .call("SET (pipeline)", |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        replies.into_iter().try_for_each(check_reply)
     }
 
-    /// `UNLINK`: returns how many of `keys` existed. `guarded: false` ignores the breaker
-    /// (for replaying invalidations during recovery).
+    /// `UNLINK`: returns how many of `keys` existed. `guarded: false` ignores the breaker.
+    /// For deleting undecodable values and sweeping pages; invalidations use
+    /// [`invalidate_keys`](Self::invalidate_keys).
     pub(crate) async fn unlink<K: ToRedisArgs + Sync>(
         &self,
         keys: &[K],
@@ -368,34 +390,44 @@ impl Remote {
         .await
     }
 
-    /// An invalidation of `keys`: advances the generation, then `UNLINK`s them, in one round
-    /// trip. Returns how many existed. `guarded: false` ignores the breaker (for replays).
-    pub(crate) async fn invalidate_keys<K: ToRedisArgs + Sync>(
-        &self,
-        keys: &[K],
-        guarded: bool,
-    ) -> Result<u64> {
-        let generation_key = self.generation_key.as_str();
-        self.call_maybe_guarded("UNLINK", guarded, |mut c| async move {
-            let (removed,): (u64,) = redis::pipe()
-                .cmd("INCR")
-                .arg(generation_key)
-                .ignore()
-                .cmd("UNLINK")
-                .arg(keys)
-                .query_async(&mut c)
-                .await?;
-            Ok(removed)
+    /// An invalidation of `keys`: moves the generation, then `UNLINK`s them, in one round trip.
+    /// Returns how many existed. `guarded: false` ignores the breaker (for replays).
+    pub(crate) async fn invalidate_keys(&self, keys: &[&str], guarded: bool) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        self.move_generation(&mut pipe, keys.iter().copied());
+        pipe.cmd("UNLINK").arg(keys);
+        let pipe = &pipe;
+        let (removed,): (u64,) = self
+            .call_maybe_guarded("UNLINK", guarded, |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        Ok(removed)
+    }
+
+    /// Moves the generation alone, before a sweep; a refusal is ignored (see
+    /// [`move_generation`](Self::move_generation)).
+    async fn advance_generation(&self, pattern: &Pattern, guarded: bool) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        self.move_generation(&mut pipe, std::iter::once(pattern.as_str()));
+        let pipe = &pipe;
+        self.call_maybe_guarded("HSET", guarded, |mut c| async move {
+            pipe.exec_async(&mut c).await
         })
         .await
     }
 
-    /// `INCR` of the generation alone, before a sweep.
-    async fn advance_generation(&self, guarded: bool) -> Result<()> {
-        let generation_key = self.generation_key.as_str();
-        self.call_maybe_guarded("INCR", guarded, |mut c| async move {
-            redis::cmd("INCR")
-                .arg(generation_key)
+    /// Whether the generation hash can be written: `Err` (with Redis's reason) if, say, the ACL
+    /// lacks it, in which case no loaded value can be stored.
+    pub(crate) async fn check_generation(&self) -> Result<()> {
+        let hash = self.generation_key.as_str();
+        self.call_unguarded("HSETNX", self.connect_timeout, |mut c| async move {
+            redis::cmd("HSETNX")
+                .arg(hash)
+                .arg(generation::NAMESPACE_FIELD)
+                .arg(generation::token())
                 .exec_async(&mut c)
                 .await
         })
@@ -467,12 +499,12 @@ impl Remote {
         self.call_maybe_guarded("SCAN", guarded, f).await
     }
 
-    /// An invalidation by pattern: advances the generation (first, so that a load noted before
+    /// An invalidation by pattern: moves the generation (first, so that a load noted before
     /// cannot store behind the sweep), then deletes every key matching `pattern`: SCAN with
     /// COUNT, then UNLINK each page's keys (never KEYS, which blocks Redis). Returns how many
     /// keys were removed. `guarded: false` ignores the breaker (for replays during recovery).
     pub(crate) async fn unlink_matching(&self, pattern: &Pattern, guarded: bool) -> Result<u64> {
-        self.advance_generation(guarded).await?;
+        self.advance_generation(pattern, guarded).await?;
         let mut cursor = 0;
         let mut removed = 0;
         loop {
@@ -575,6 +607,14 @@ impl Remote {
         })
         .await?;
         Ok(start.elapsed())
+    }
+}
+
+/// `Err` for a server error reply inside a pipeline run with `ignore_errors`.
+fn check_reply(reply: redis::Value) -> Result<()> {
+    match reply {
+        redis::Value::ServerError(e) => Err(Error::Redis(e.into())),
+        _ => Ok(()),
     }
 }
 

@@ -91,7 +91,7 @@ async fn clear_removes_this_namespace_only() {
     // generation, which lives outside its namespace so that a clear never resets it.
     assert_eq!(dbsize(&server), 4);
     let generation = format!(
-        "__tiercache_generation:{}",
+        "tiercache#generation:{}",
         cache.key_space().prefix().trim_end_matches(':')
     );
     assert_eq!(
@@ -310,6 +310,75 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
         assert_eq!(a.get::<String>(&key).await, expected, "{write}: not undone");
         assert_eq!(b.stats().await.sets, 0, "{write}: B stored nothing");
     }
+}
+
+/// Across instances, coalescing must not hand a value to a caller that arrived after another
+/// instance's invalidation was acknowledged: B's process cannot know when that was, so when the
+/// leader's store is refused (the generation moved), its waiters load for themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let server = RedisServer::start();
+    let ns = unique_namespace();
+    let a = builder(&server)
+        .namespace(ns.as_str())
+        .build()
+        .await
+        .unwrap();
+    let b = builder(&server)
+        .namespace(ns.as_str())
+        .build()
+        .await
+        .unwrap();
+    let key = b.key(&Category::SCAN_RESULTS, ["coalesced"]);
+    let source = Arc::new(AtomicU32::new(1));
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
+    let leader = {
+        let (b, key, source) = (b.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            b.get_with(&key, async move {
+                let v = source.load(Ordering::SeqCst);
+                loaded_tx.send(()).unwrap();
+                written_rx.await.unwrap();
+                v
+            })
+            .await
+        })
+    };
+    loaded_rx.await.unwrap();
+    source.store(2, Ordering::SeqCst);
+    a.invalidate(&key).await; // acknowledged from here on
+    let late = {
+        let (b, key, source) = (b.clone(), key.clone(), source.clone());
+        tokio::spawn(async move {
+            b.get_with(&key, async move { source.load(Ordering::SeqCst) })
+                .await
+        })
+    };
+    wait_until(
+        Duration::from_secs(2),
+        "the late caller joins the load",
+        || async { b.loads_waiting(&key) >= 1 },
+    )
+    .await;
+    written_tx.send(()).unwrap();
+    assert_eq!(
+        leader.await.unwrap(),
+        1,
+        "the leader's own caller overlapped the write"
+    );
+    assert_eq!(
+        late.await.unwrap(),
+        2,
+        "a caller after the write gets the new value"
+    );
+    assert_eq!(
+        a.get::<u32>(&key).await,
+        Some(2),
+        "and that is what got stored"
+    );
 }
 
 /// A caller that arrives after an invalidation does not join a load that began before it: that
