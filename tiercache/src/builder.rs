@@ -15,6 +15,7 @@ use crate::coalesce::Coalescer;
 use crate::codec::{Codec, Envelope};
 use crate::epoch::Epoch;
 use crate::error::{Error, Result};
+use crate::generation;
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, KeySpace};
 use crate::local::{Local, LocalConfig};
@@ -384,6 +385,7 @@ impl CacheBuilder {
                 breaker_threshold: self.breaker_threshold,
                 scan_count: self.scan_count,
                 key_prefix: keys.prefix().to_owned(),
+                known_fields: generation::known_fields(&keys, self.ttl.categories()),
             },
             counters.clone(),
         )?);

@@ -431,8 +431,11 @@ impl Cache {
     /// A value is not stored if, while `init` ran, this cache started an invalidation, or any
     /// instance invalidated or overwrote a key of the same category or cleared the namespace:
     /// the value may predate the write that caused it, and storing it would undo the
-    /// invalidation. Callers that joined such a load then run their own `init` (coalesced among
-    /// themselves) instead of sharing a value that may predate a write they saw acknowledged.
+    /// invalidation. Callers that joined such a load after its `init` started then run their own
+    /// (coalesced among themselves) instead of sharing a value that may predate a write they saw
+    /// acknowledged; those that joined before share it, since it was read after they arrived.
+    /// While Redis is unreachable, other instances' invalidations cannot be seen, and all
+    /// callers of a load share its value.
     pub async fn try_get_with<T, E, F>(&self, key: &Key, init: F) -> Result<T, Arc<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -481,6 +484,8 @@ impl Cache {
         self.inner
             .loads
             .run(&flight, |publish| async move {
+                // Noted again now: only invalidations from here on can make our value stale.
+                let epoch = self.inner.epoch.current();
                 // A load that finished between our miss and our taking the lead has stored its
                 // value: use it rather than load again. The same round trip notes the
                 // generation that our value will be stored against.
@@ -498,16 +503,21 @@ impl Cache {
                     }
                 }
                 self.inner.counters.loader_run();
+                let load_started = Instant::now();
                 let value = init.await.map_err(Arc::new)?;
                 let Some(noted) = noted else {
+                    // Redis is away: shared with every waiter (see the method docs).
                     return Ok((value, CacheStatus::Bypass));
                 };
-                if let Fill::Refused = self.fill(key, &value, epoch, &noted).await {
-                    // The value may predate an invalidation acknowledged after some of the
-                    // waiters arrived: they load for themselves rather than share it.
-                    publish.abandon();
+                let filled = self.fill(key, &value, epoch, &noted).await;
+                let result = Ok((value, CacheStatus::Miss));
+                if !matches!(filled, Fill::Stored(..)) {
+                    // An invalidation overlapped the load, or the store failed so that we cannot
+                    // tell: the value read from the source after a waiter arrived is good for
+                    // that waiter, not for one who may have arrived after the invalidation.
+                    publish.publish_until(result.clone(), load_started);
                 }
-                Ok((value, CacheStatus::Miss))
+                result
             })
             .await
     }

@@ -12,20 +12,31 @@
 //!
 //! Results travel type-erased (`Arc<dyn Any>`). If two callers use one key with different
 //! types, the waiter cannot use the leader's result and runs its own loader.
+//!
+//! # Results for early callers only
+//! A leader may publish a result *until* an instant ([`Publish::publish_until`]): waiters that
+//! joined before it take the result; the others race to lead a new flight, as after a
+//! cancellation. The cache uses it when it cannot rule out that the source changed while the
+//! loader ran: a result read from the source after a caller arrived is good for that caller, but
+//! not for one that arrived after a write the result may predate.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 type Shared = Arc<dyn Any + Send + Sync>;
 
+/// A published result, and the instant from which joining waiters may not take it.
+type Published = Option<(Shared, Option<Instant>)>;
+
 struct Flight {
     id: u64,
-    tx: watch::Sender<Option<Shared>>,
+    tx: watch::Sender<Published>,
 }
 
 /// The in-flight loads of one cache.
@@ -45,7 +56,8 @@ impl std::fmt::Debug for Coalescer {
 
 enum Role {
     Lead(u64),
-    Wait(watch::Receiver<Option<Shared>>),
+    /// With the instant the waiter joined.
+    Wait(watch::Receiver<Published>, Instant),
 }
 
 /// Removes the leader's flight when dropped, whether it finished or was cancelled.
@@ -91,27 +103,30 @@ impl Publish<'_> {
         })
     }
 
-    /// Ends the flight without a result: its waiters wake as if the leader had been cancelled
-    /// and race to lead a new one (each loading afresh), and callers arriving from now on start
-    /// a new flight. For a leader whose result must not be shared with callers that may have
-    /// arrived after it became stale.
-    pub(crate) fn abandon(&self) {
-        let Some(coalescer) = self.coalescer else {
-            return;
-        };
-        let mut flights = coalescer.lock();
-        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
-            flights.remove(self.key);
-        }
-    }
-
     /// Wakes the waiters with `result`. Later calls replace it for callers still to come.
     pub(crate) fn publish<R: Send + Sync + 'static>(&self, result: R) {
         let Some(coalescer) = self.coalescer else {
             return;
         };
         if let Some(flight) = coalescer.lock().get(self.key).filter(|f| f.id == self.id) {
-            flight.tx.send_replace(Some(Arc::new(result)));
+            flight.tx.send_replace(Some((Arc::new(result), None)));
+        }
+    }
+
+    /// Hands `result` to the waiters that joined before `cutoff` and ends the flight: the
+    /// others, and callers from now on, race to lead a new one (see the module docs).
+    pub(crate) fn publish_until<R: Send + Sync + 'static>(&self, result: R, cutoff: Instant) {
+        let Some(coalescer) = self.coalescer else {
+            return;
+        };
+        let mut flights = coalescer.lock();
+        if flights.get(self.key).is_some_and(|f| f.id == self.id)
+            && let Some(flight) = flights.remove(self.key)
+        {
+            // Waiters still read the value after the sender is gone.
+            flight
+                .tx
+                .send_replace(Some((Arc::new(result), Some(cutoff))));
         }
     }
 }
@@ -139,7 +154,7 @@ impl Coalescer {
             let role = {
                 let mut flights = self.lock();
                 match flights.get(key) {
-                    Some(flight) => Role::Wait(flight.tx.subscribe()),
+                    Some(flight) => Role::Wait(flight.tx.subscribe(), Instant::now()),
                     None => {
                         let id = self.next_id.fetch_add(1, Relaxed);
                         let (tx, _) = watch::channel(None);
@@ -149,13 +164,20 @@ impl Coalescer {
                 }
             };
             match role {
-                Role::Wait(mut rx) => {
-                    let shared = match rx.wait_for(Option::is_some).await {
+                Role::Wait(mut rx, joined) => {
+                    let published = match rx.wait_for(Option::is_some).await {
                         Ok(value) => value.clone(),
                         // The leader was dropped without a result: race to lead.
                         Err(_) => continue,
                     };
-                    if let Some(r) = shared.as_ref().and_then(|s| s.downcast_ref::<R>()) {
+                    let Some((shared, cutoff)) = published else {
+                        continue;
+                    };
+                    if cutoff.is_some_and(|cutoff| joined >= cutoff) {
+                        // Not for us: the flight has ended; race to lead a new one.
+                        continue;
+                    }
+                    if let Some(r) = shared.downcast_ref::<R>() {
                         return r.clone();
                     }
                     // Another type under the same key: load for ourselves, uncoalesced.
@@ -253,15 +275,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_abandoned_flight_sends_its_waiters_to_load_afresh() {
+    async fn a_result_until_a_cutoff_serves_only_earlier_waiters() {
         let c = Arc::new(Coalescer::default());
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (cutoff_tx, cutoff_rx) = tokio::sync::oneshot::channel::<Instant>();
         let leader = {
             let c = c.clone();
             tokio::spawn(async move {
                 c.run("k", |publish| async move {
+                    let cutoff = cutoff_rx.await.unwrap();
                     let _ = go_rx.await;
-                    publish.abandon();
+                    publish.publish_until(1u32, cutoff);
                     1u32
                 })
                 .await
@@ -272,11 +296,19 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::task::yield_now().await;
         }
-        let waiter = {
-            let c = c.clone();
-            tokio::spawn(async move { c.run("k", |_| async { 2u32 }).await })
-        };
+        let join =
+            |c: Arc<Coalescer>| tokio::spawn(async move { c.run("k", |_| async { 2u32 }).await });
+        let early = join(c.clone());
         while c.waiters("k") < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter did not join"
+            );
+            tokio::task::yield_now().await;
+        }
+        cutoff_tx.send(Instant::now()).unwrap();
+        let late = join(c.clone());
+        while c.waiters("k") < 2 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "waiter did not join"
@@ -285,7 +317,12 @@ mod tests {
         }
         go_tx.send(()).unwrap();
         assert_eq!(leader.await.unwrap(), 1, "the leader keeps its own value");
-        assert_eq!(waiter.await.unwrap(), 2, "the waiter ran its own loader");
+        assert_eq!(
+            early.await.unwrap(),
+            1,
+            "a waiter from before the cutoff shares it"
+        );
+        assert_eq!(late.await.unwrap(), 2, "a later waiter runs its own loader");
         assert_eq!(c.in_flight(), 0);
     }
 

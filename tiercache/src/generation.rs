@@ -22,6 +22,10 @@
 //! The hash is a second key, in another hash slot than the data: Redis Cluster support will need
 //! one hash per slot.
 
+use std::collections::BTreeSet;
+
+use crate::key::{Category, KeySpace};
+
 /// The hash field that every load checks and every namespace-wide change moves.
 pub(crate) const NAMESPACE_FIELD: &str = "*";
 
@@ -50,19 +54,35 @@ pub(crate) fn hash_key(prefix: &str) -> String {
 }
 
 /// The field that a change of `key_or_pattern` (under `prefix`) moves, and that a load of a key
-/// checks besides `*`: its category, when the text names one literally, else `*`.
-pub(crate) fn field<'a>(prefix: &str, key_or_pattern: &'a str) -> &'a str {
+/// checks besides `*`: its category, when the text names one of the `known` ones (the
+/// configured categories, so that the hash stays small whatever keys are invalidated), else `*`.
+pub(crate) fn field<'a>(
+    prefix: &str,
+    known: &BTreeSet<String>,
+    key_or_pattern: &'a str,
+) -> &'a str {
     let Some(rest) = key_or_pattern.strip_prefix(prefix) else {
         return NAMESPACE_FIELD;
     };
     match rest.split_once(':') {
-        Some((category, _))
-            if !category.is_empty() && !category.contains(['*', '?', '[', ']', '\\']) =>
-        {
-            category
-        }
+        Some((category, _)) if known.contains(category) => category,
         _ => NAMESPACE_FIELD,
     }
+}
+
+/// The fields of `categories` in the key space with `prefix`: their names as keys spell them.
+pub(crate) fn known_fields<'a>(
+    keys: &KeySpace,
+    categories: impl IntoIterator<Item = &'a Category>,
+) -> BTreeSet<String> {
+    categories
+        .into_iter()
+        .filter_map(|c| {
+            let key = keys.key(c, Vec::<&str>::new());
+            let rest = key.as_str().strip_prefix(keys.prefix())?;
+            Some(rest.split_once(':')?.0.to_owned())
+        })
+        .collect()
 }
 
 /// A fresh token.
@@ -73,23 +93,33 @@ pub(crate) fn token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{Category, KeySpace};
 
     #[test]
     fn fields_follow_categories_and_fall_back_to_the_namespace() {
         let s = KeySpace::new("prod", "api").unwrap();
+        let odd = Category::new("a:b*");
+        let known = known_fields(
+            &s,
+            [&Category::SCAN_RESULTS, &Category::IMAGE_METADATA, &odd],
+        );
         let p = s.prefix();
+        let field = |t: &str| field(p, &known, t).to_owned();
         let key = s.key(&Category::SCAN_RESULTS, ["a*", "b"]);
-        assert_eq!(field(p, key.as_str()), "scan_results");
+        assert_eq!(field(key.as_str()), "scan_results");
         let pattern = s.pattern(&Category::IMAGE_METADATA, ["x"]);
-        assert_eq!(field(p, pattern.as_str()), "image_metadata");
-        assert_eq!(field(p, s.namespace_pattern().as_str()), NAMESPACE_FIELD);
-        assert_eq!(field(p, s.glob("scan_*").as_str()), NAMESPACE_FIELD);
-        assert_eq!(field(p, s.glob("scan_results:*").as_str()), "scan_results");
-        assert_eq!(field(p, s.glob("scan_results").as_str()), NAMESPACE_FIELD);
-        assert_eq!(field(p, "elsewhere:x"), NAMESPACE_FIELD);
-        let custom = s.key(&Category::new("a:b*"), ["k"]);
-        assert_eq!(field(p, custom.as_str()), "a%3Ab%2A");
+        assert_eq!(field(pattern.as_str()), "image_metadata");
+        assert_eq!(field(s.namespace_pattern().as_str()), NAMESPACE_FIELD);
+        assert_eq!(field(s.glob("scan_*").as_str()), NAMESPACE_FIELD);
+        assert_eq!(field(s.glob("scan_results:*").as_str()), "scan_results");
+        assert_eq!(field(s.glob("scan_results").as_str()), NAMESPACE_FIELD);
+        assert_eq!(field("elsewhere:x"), NAMESPACE_FIELD);
+        assert_eq!(field(s.key(&odd, ["k"]).as_str()), "a%3Ab%2A");
+        // Not configured: shares the namespace field, so made-up names cannot grow the hash.
+        assert_eq!(
+            field(s.key(&Category::new("adhoc"), ["k"]).as_str()),
+            NAMESPACE_FIELD
+        );
+        assert_eq!(field(s.glob("made-up:x").as_str()), NAMESPACE_FIELD);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! Changes that make values stale also move the namespace's invalidation generation, and loads
 //! are stored against it (see `generation`); the commands for both are here.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ pub(crate) struct RemoteConfig {
     pub(crate) scan_count: usize,
     /// The key space prefix, `{env}:{namespace}:` (for the invalidation generation).
     pub(crate) key_prefix: String,
+    /// The generation fields of the configured categories.
+    pub(crate) known_fields: BTreeSet<String>,
 }
 
 /// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its probe task.
@@ -74,6 +76,8 @@ pub(crate) struct Remote {
     pub(crate) addr: String,
     /// The key space prefix, for the generation fields of keys and patterns.
     key_prefix: String,
+    /// The generation fields of the configured categories (others share `*`).
+    known_fields: BTreeSet<String>,
     /// The namespace's generation hash (see `generation`).
     generation_key: String,
     /// Stores a loaded value if the generation is still the noted one.
@@ -117,6 +121,7 @@ impl Remote {
             addr,
             generation_key: generation::hash_key(&config.key_prefix),
             key_prefix: config.key_prefix,
+            known_fields: config.known_fields,
             fill_script: redis::Script::new(generation::FILL_SCRIPT),
         })
     }
@@ -254,13 +259,13 @@ impl Remote {
         &self,
         key: &str,
     ) -> Result<(Option<Vec<u8>>, Generation)> {
-        let field = generation::field(&self.key_prefix, key);
+        let field = generation::field(&self.key_prefix, &self.known_fields, key);
         let hash = self.generation_key.as_str();
-        /// The value, then the category and namespace tokens.
-        type Reply = (Option<Vec<u8>>, (Option<String>, Option<String>));
-        let (value, tokens): Reply = self
+        let (value, tokens): (Option<Vec<u8>>, redis::Value) = self
             .call("GET (and generation)", |mut c| async move {
                 redis::pipe()
+                    // A refused HSETNX or HMGET (memory full, ACL) must not cost the GET.
+                    .ignore_errors()
                     .cmd("GET")
                     .arg(key)
                     .cmd("HSETNX")
@@ -276,10 +281,14 @@ impl Remote {
                     .await
             })
             .await?;
+        // Without readable tokens no store can be vouched for: `namespace: None`.
+        let (category, namespace) =
+            redis::from_redis_value::<(Option<String>, Option<String>)>(tokens)
+                .unwrap_or((None, None));
         let generation = Generation {
             field: field.to_owned(),
-            category: tokens.0.unwrap_or_default(),
-            namespace: tokens.1,
+            category: category.unwrap_or_default(),
+            namespace,
         };
         Ok((value, generation))
     }
@@ -316,40 +325,102 @@ impl Remote {
         Ok(stored == 1)
     }
 
-    /// Adds to `pipe` the command that moves the generation for changes of `targets` (keys or
-    /// patterns), ignoring its reply *and its failure*: a refused `HSET` (memory full under
-    /// `noeviction`, or an ACL without the hash) must not fail the invalidation itself, and is
-    /// safe, since under the same refusal no load can be stored either.
-    fn move_generation<'a>(
-        &self,
-        pipe: &mut redis::Pipeline,
-        targets: impl Iterator<Item = &'a str>,
-    ) {
+    /// The `HSET` that moves the generation for changes of `targets` (keys or patterns): a fresh
+    /// token in each of their fields.
+    fn generation_move<'a>(&self, targets: impl Iterator<Item = &'a str>) -> redis::Cmd {
         let mut fields: Vec<&str> = targets
-            .map(|t| generation::field(&self.key_prefix, t))
+            .map(|t| generation::field(&self.key_prefix, &self.known_fields, t))
             .collect();
         fields.sort_unstable();
         fields.dedup();
-        let cmd = pipe.cmd("HSET").arg(&self.generation_key);
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&self.generation_key);
         for field in fields {
             cmd.arg(field).arg(generation::token());
         }
-        pipe.ignore();
+        cmd
+    }
+
+    /// Applies `change` (commands that delete or overwrite `targets`) after moving their
+    /// generation, in one round trip, and returns the change's replies (server errors among them
+    /// are counted and returned as `Err`).
+    ///
+    /// Should Redis refuse to move the generation (memory full under `noeviction`, or an ACL
+    /// without the hash), the change must still not be undone by a load noted before it: the
+    /// namespace token is deleted (`HDEL` is allowed when memory is full), which fails the store
+    /// of every such load, and `change` is applied once more, in case such a store landed in
+    /// between.
+    async fn change(
+        &self,
+        op: &'static str,
+        guarded: bool,
+        targets: &[&str],
+        change: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.add_command(self.generation_move(targets.iter().copied()));
+        for cmd in change.cmd_iter() {
+            pipe.add_command(cmd.clone());
+        }
+        let pipe = &pipe;
+        let mut replies: Vec<redis::Value> = self
+            .call_maybe_guarded(op, guarded, |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let moved = if replies.is_empty() {
+            redis::Value::Nil
+        } else {
+            replies.remove(0)
+        };
+        if let redis::Value::ServerError(refused) = moved {
+            tracing::debug!(op, reason = ?refused, "generation not moved; dropping the namespace token instead");
+            self.drop_namespace_token(guarded).await?;
+            let mut again = change.clone();
+            again.ignore_errors();
+            let again = &again;
+            replies = self
+                .call_maybe_guarded(op, guarded, |mut c| async move {
+                    again.query_async(&mut c).await
+                })
+                .await?;
+        }
+        for reply in &replies {
+            if let redis::Value::ServerError(e) = reply {
+                let err = Error::Redis(e.clone().into());
+                self.counters.error();
+                self.failed(op, &err);
+                return Err(err);
+            }
+        }
+        Ok(replies)
+    }
+
+    /// `HDEL` of the namespace token: no load noted before can store any more.
+    async fn drop_namespace_token(&self, guarded: bool) -> Result<()> {
+        let hash = self.generation_key.as_str();
+        self.call_maybe_guarded("HDEL", guarded, |mut c| async move {
+            redis::cmd("HDEL")
+                .arg(hash)
+                .arg(generation::NAMESPACE_FIELD)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
     }
 
     /// An overwrite: moves the generation, then `SET key value PX ttl` (value and expiry in one
     /// command, never a separate EXPIRE), in one round trip.
     pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let ms = ttl_millis(ttl);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        self.move_generation(&mut pipe, std::iter::once(key));
-        pipe.cmd("SET").arg(key).arg(value).arg("PX").arg(ms);
-        let pipe = &pipe;
-        let (reply,): (redis::Value,) = self
-            .call("SET", |mut c| async move { pipe.query_async(&mut c).await })
-            .await?;
-        check_reply(reply)
+        let mut change = redis::pipe();
+        change
+            .cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_millis(ttl));
+        self.change("SET", true, &[key], &change).await.map(drop)
     }
 
     /// Many overwrites: the generation, then every `SET PX`, in one pipeline.
@@ -357,23 +428,19 @@ impl Remote {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        self.move_generation(&mut pipe, entries.iter().map(|(key, _, _)| *key));
+        let mut change = redis::pipe();
         for (key, value, ttl) in entries {
-            pipe.cmd("SET")
+            change
+                .cmd("SET")
                 .arg(*key)
                 .arg(value.as_slice())
                 .arg("PX")
                 .arg(ttl_millis(*ttl));
         }
-        let pipe = &pipe;
-        let replies: Vec<redis::Value> = self
-            .call("SET (pipeline)", |mut c| async move {
-                pipe.query_async(&mut c).await
-            })
-            .await?;
-        replies.into_iter().try_for_each(check_reply)
+        let keys: Vec<&str> = entries.iter().map(|(key, _, _)| *key).collect();
+        self.change("SET (pipeline)", true, &keys, &change)
+            .await
+            .map(drop)
     }
 
     /// `UNLINK`: returns how many of `keys` existed. `guarded: false` ignores the breaker.
@@ -393,30 +460,30 @@ impl Remote {
     /// An invalidation of `keys`: moves the generation, then `UNLINK`s them, in one round trip.
     /// Returns how many existed. `guarded: false` ignores the breaker (for replays).
     pub(crate) async fn invalidate_keys(&self, keys: &[&str], guarded: bool) -> Result<u64> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        self.move_generation(&mut pipe, keys.iter().copied());
-        pipe.cmd("UNLINK").arg(keys);
-        let pipe = &pipe;
-        let (removed,): (u64,) = self
-            .call_maybe_guarded("UNLINK", guarded, |mut c| async move {
-                pipe.query_async(&mut c).await
-            })
-            .await?;
-        Ok(removed)
+        let mut change = redis::pipe();
+        change.cmd("UNLINK").arg(keys);
+        let replies = self.change("UNLINK", guarded, keys, &change).await?;
+        let reply = replies.into_iter().next().unwrap_or(redis::Value::Nil);
+        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))
     }
 
-    /// Moves the generation alone, before a sweep; a refusal is ignored (see
-    /// [`move_generation`](Self::move_generation)).
+    /// Moves the generation alone, before a sweep (which cannot be repeated cheaply): if Redis
+    /// refuses, the namespace token is dropped first instead.
     async fn advance_generation(&self, pattern: &Pattern, guarded: bool) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        self.move_generation(&mut pipe, std::iter::once(pattern.as_str()));
+        pipe.add_command(self.generation_move(std::iter::once(pattern.as_str())));
         let pipe = &pipe;
-        self.call_maybe_guarded("HSET", guarded, |mut c| async move {
-            pipe.exec_async(&mut c).await
-        })
-        .await
+        let (reply,): (redis::Value,) = self
+            .call_maybe_guarded("HSET", guarded, |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        if let redis::Value::ServerError(refused) = reply {
+            tracing::debug!(reason = ?refused, "generation not moved; dropping the namespace token instead");
+            self.drop_namespace_token(guarded).await?;
+        }
+        Ok(())
     }
 
     /// Whether the generation hash can be written: `Err` (with Redis's reason) if, say, the ACL
@@ -607,14 +674,6 @@ impl Remote {
         })
         .await?;
         Ok(start.elapsed())
-    }
-}
-
-/// `Err` for a server error reply inside a pipeline run with `ignore_errors`.
-fn check_reply(reply: redis::Value) -> Result<()> {
-    match reply {
-        redis::Value::ServerError(e) => Err(Error::Redis(e.into())),
-        _ => Ok(()),
     }
 }
 

@@ -312,6 +312,54 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
     }
 }
 
+/// With Redis out of memory (`noeviction`), it refuses to move the generation but still runs the
+/// UNLINK, which frees memory: a slow load noted before must not then store its old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_while_redis_is_out_of_memory_is_not_undone() {
+    let server = RedisServer::start();
+    let ns = unique_namespace();
+    let a = builder(&server)
+        .namespace(ns.as_str())
+        .build()
+        .await
+        .unwrap();
+    let b = builder(&server)
+        .namespace(ns.as_str())
+        .build()
+        .await
+        .unwrap();
+    let key = b.key(&Category::SCAN_RESULTS, ["oom"]);
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move {
+            b.get_with(&key, async move {
+                loaded_tx.send(()).unwrap();
+                written_rx.await.unwrap();
+                "old".to_string()
+            })
+            .await
+        })
+    };
+    loaded_rx.await.unwrap();
+    let config = |value: &str| {
+        let reply = server
+            .command(&["CONFIG", "SET", "maxmemory", value])
+            .unwrap();
+        assert!(reply.starts_with("+OK"), "{reply:?}");
+    };
+    config("1");
+    a.invalidate(&key).await;
+    assert!(a.is_connected(), "the invalidation itself succeeded");
+    config("0");
+    written_tx.send(()).unwrap();
+    assert_eq!(reader.await.unwrap(), "old");
+    assert_eq!(a.get::<String>(&key).await, None, "not undone");
+    assert_eq!(b.get_with(&key, async { "new".to_string() }).await, "new");
+    assert_eq!(a.get::<String>(&key).await.as_deref(), Some("new"));
+}
+
 /// Across instances, coalescing must not hand a value to a caller that arrived after another
 /// instance's invalidation was acknowledged: B's process cannot know when that was, so when the
 /// leader's store is refused (the generation moved), its waiters load for themselves.
