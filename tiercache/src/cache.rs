@@ -295,11 +295,14 @@ impl Cache {
     /// Stores a value loaded by `get_with` with its category's TTL, unless the generation moved
     /// since `noted` (an invalidation by any instance), and without telling other instances:
     /// their tiers cannot hold this key, or it would not have been missing here.
-    async fn store<T: Serialize + ?Sized>(&self, key: &Key, value: &T, noted: &Generation) -> Fill {
+    async fn store<T: Serialize + ?Sized>(
+        &self,
+        key: &Key,
+        value: &T,
+        noted: &Generation,
+    ) -> Option<(Vec<u8>, Duration)> {
         let ttl = self.inner.ttl.ttl(key.category());
-        let Some(bytes) = self.encode(key.as_str(), value) else {
-            return Fill::Failed;
-        };
+        let bytes = self.encode(key.as_str(), value)?;
         match self
             .inner
             .remote
@@ -308,16 +311,16 @@ impl Cache {
         {
             Ok(true) => {
                 self.inner.counters.sets(1);
-                Fill::Stored(bytes, ttl)
+                Some((bytes, ttl))
             }
             Ok(false) => {
                 tracing::debug!(
                     key = key.as_str(),
                     "an invalidation (maybe by another instance) ran during the load; not storing its value"
                 );
-                Fill::Refused
+                None
             }
-            Err(_) => Fill::Failed,
+            Err(_) => None,
         }
     }
 
@@ -466,12 +469,9 @@ impl Cache {
                 .map(|v| (v, CacheStatus::Bypass))
                 .map_err(Arc::new);
         }
-        // Read before anything else: a value loaded from the source may be stored only if no
-        // invalidation started since, and callers that arrive after an invalidation never join
-        // a load that began before it (the flight is named by the epoch).
-        // Clears the in-process tier first if the breaker opened since it was last used, so
-        // that doing it below does not make this load's fill look stale.
-        let _ = self.local();
+        // Read before anything else: callers that arrive after an invalidation never join a
+        // load that began before it (the flight is named by the epoch). The leader notes the
+        // epoch again before it loads, for deciding whether to store.
         let epoch = self.inner.epoch.current();
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
@@ -511,7 +511,7 @@ impl Cache {
                 };
                 let filled = self.fill(key, &value, epoch, &noted).await;
                 let result = Ok((value, CacheStatus::Miss));
-                if !matches!(filled, Fill::Stored(..)) {
+                if !filled {
                     // An invalidation overlapped the load, or the store failed so that we cannot
                     // tell: the value read from the source after a waiter arrived is good for
                     // that waiter, not for one who may have arrived after the invalidation.
@@ -523,27 +523,29 @@ impl Cache {
     }
 
     /// Stores a loaded value unless an invalidation started since `epoch` was read here, or since
-    /// `noted` anywhere.
+    /// `noted` anywhere; returns whether it was stored.
     async fn fill<T: Serialize>(
         &self,
         key: &Key,
         value: &T,
         epoch: u64,
         noted: &Generation,
-    ) -> Fill {
+    ) -> bool {
         let _shared = self.inner.fill_guard.read().await;
         if self.inner.epoch.current() != epoch {
             tracing::debug!(
                 key = key.as_str(),
                 "an invalidation ran during the load; not storing its value"
             );
-            return Fill::Refused;
+            return false;
         }
-        let filled = self.store(key, value, noted).await;
-        if let (Fill::Stored(bytes, ttl), Some(local)) = (&filled, self.local()) {
-            self.fill_local(local, key.as_str(), bytes.as_slice().into(), *ttl, epoch);
+        let Some((bytes, ttl)) = self.store(key, value, noted).await else {
+            return false;
+        };
+        if let Some(local) = self.local() {
+            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
         }
-        filled
+        true
     }
 
     /// Runs a change of Redis (`f`: a delete or an overwrite) exclusively of fills, and drops its
@@ -766,16 +768,6 @@ impl Cache {
             channel_losses: local.channel_losses(),
         })
     }
-}
-
-/// What became of a loaded value.
-enum Fill {
-    /// Stored in Redis, as these bytes, for this TTL.
-    Stored(Vec<u8>, Duration),
-    /// Not stored: an invalidation overlapped the load.
-    Refused,
-    /// Not stored: it does not encode, or Redis failed.
-    Failed,
 }
 
 /// The coalescing name of a load of `key` that started at invalidation `epoch`.

@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tiercache::{Cache, CacheBuilder};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tiercache::{Cache, CacheBuilder, Key};
 use tiercache_testkit::RedisServer;
 
 /// A namespace no other cache in this process uses.
@@ -50,4 +52,56 @@ pub(crate) fn dbsize(server: &RedisServer) -> u64 {
         .trim_start_matches(':')
         .parse()
         .expect("integer reply")
+}
+
+/// Two caches on `server` sharing one fresh namespace, without in-process tiers: two
+/// instances of one service, neither hearing of the other but through Redis.
+pub(crate) async fn two_instances(server: &RedisServer) -> (Cache, Cache) {
+    let ns = unique_namespace();
+    let a = builder(server).namespace(ns.as_str()).build().await;
+    let b = builder(server).namespace(ns.as_str()).build().await;
+    (
+        a.expect("valid test configuration"),
+        b.expect("valid test configuration"),
+    )
+}
+
+/// A `get_with` held inside its loader, for staging races: when [`held_load`] returns, the
+/// loader has run `read` (its read of the source); [`HeldLoad::finish`] lets the load complete.
+pub(crate) struct HeldLoad<T> {
+    task: tokio::task::JoinHandle<T>,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+pub(crate) async fn held_load<T>(
+    cache: &Cache,
+    key: &Key,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> HeldLoad<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (cache, key) = (cache.clone(), key.clone());
+    let task = tokio::spawn(async move {
+        cache
+            .get_with(&key, async move {
+                let value = read();
+                read_tx.send(()).expect("the test waits for the read");
+                release_rx.await.expect("the test releases the load");
+                value
+            })
+            .await
+    });
+    read_rx.await.expect("the loader ran");
+    HeldLoad { task, release }
+}
+
+impl<T> HeldLoad<T> {
+    /// Lets the loader return; the value its caller got.
+    pub(crate) async fn finish(self) -> T {
+        self.release.send(()).expect("the load is still held");
+        self.task.await.expect("the held load did not panic")
+    }
 }

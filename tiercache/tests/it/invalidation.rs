@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tiercache::Category;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, command_calls, dbsize, unique_namespace, wait_until};
+use crate::helpers::{builder, cache, command_calls, dbsize, held_load, two_instances, wait_until};
 
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -213,26 +213,11 @@ async fn a_slow_reader_never_stores_a_value_an_invalidation_made_stale() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
     let key = cache.key(&Category::SCAN_RESULTS, ["raced"]);
-    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
-    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
-    let reader = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move {
-            cache
-                .get_with(&key, async move {
-                    let old = "old".to_string(); // read from the source before the write
-                    loaded_tx.send(()).unwrap();
-                    written_rx.await.unwrap();
-                    old
-                })
-                .await
-        })
-    };
-    loaded_rx.await.unwrap();
-    cache.invalidate(&key).await; // the writer's invalidation, after its commit
-    written_tx.send(()).unwrap();
+    // The reader reads the source before the write...
+    let reader = held_load(&cache, &key, || "old".to_string()).await;
+    cache.invalidate(&key).await; // ...the writer's invalidation, after its commit...
     assert_eq!(
-        reader.await.unwrap(),
+        reader.finish().await,
         "old",
         "the reader itself gets what it read"
     );
@@ -256,32 +241,9 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
     let server = RedisServer::start();
     for write in ["clear", "key", "pattern", "insert", "insert_many"] {
         // A fresh namespace each time: the generation starts absent, the hardest case.
-        let ns = unique_namespace();
-        let a = builder(&server)
-            .namespace(ns.as_str())
-            .build()
-            .await
-            .unwrap();
-        let b = builder(&server)
-            .namespace(ns.as_str())
-            .build()
-            .await
-            .unwrap();
+        let (a, b) = two_instances(&server).await;
         let key = b.key(&Category::SCAN_RESULTS, ["raced", write]);
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
-        let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
-        let reader = {
-            let (b, key) = (b.clone(), key.clone());
-            tokio::spawn(async move {
-                b.get_with(&key, async move {
-                    loaded_tx.send(()).unwrap();
-                    written_rx.await.unwrap();
-                    "old".to_string()
-                })
-                .await
-            })
-        };
-        loaded_rx.await.unwrap();
+        let reader = held_load(&b, &key, || "old".to_string()).await;
         let expected = match write {
             "clear" => {
                 a.clear().await.unwrap();
@@ -305,8 +267,7 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
                 Some("new".to_string())
             }
         };
-        written_tx.send(()).unwrap();
-        assert_eq!(reader.await.unwrap(), "old", "{write}: B gets what it read");
+        assert_eq!(reader.finish().await, "old", "{write}: B gets what it read");
         assert_eq!(a.get::<String>(&key).await, expected, "{write}: not undone");
         assert_eq!(b.stats().await.sets, 0, "{write}: B stored nothing");
     }
@@ -317,32 +278,9 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_while_redis_is_out_of_memory_is_not_undone() {
     let server = RedisServer::start();
-    let ns = unique_namespace();
-    let a = builder(&server)
-        .namespace(ns.as_str())
-        .build()
-        .await
-        .unwrap();
-    let b = builder(&server)
-        .namespace(ns.as_str())
-        .build()
-        .await
-        .unwrap();
+    let (a, b) = two_instances(&server).await;
     let key = b.key(&Category::SCAN_RESULTS, ["oom"]);
-    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
-    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
-    let reader = {
-        let (b, key) = (b.clone(), key.clone());
-        tokio::spawn(async move {
-            b.get_with(&key, async move {
-                loaded_tx.send(()).unwrap();
-                written_rx.await.unwrap();
-                "old".to_string()
-            })
-            .await
-        })
-    };
-    loaded_rx.await.unwrap();
+    let reader = held_load(&b, &key, || "old".to_string()).await;
     let config = |value: &str| {
         let reply = server
             .command(&["CONFIG", "SET", "maxmemory", value])
@@ -353,8 +291,7 @@ async fn an_invalidation_while_redis_is_out_of_memory_is_not_undone() {
     a.invalidate(&key).await;
     assert!(a.is_connected(), "the invalidation itself succeeded");
     config("0");
-    written_tx.send(()).unwrap();
-    assert_eq!(reader.await.unwrap(), "old");
+    assert_eq!(reader.finish().await, "old");
     assert_eq!(a.get::<String>(&key).await, None, "not undone");
     assert_eq!(b.get_with(&key, async { "new".to_string() }).await, "new");
     assert_eq!(a.get::<String>(&key).await.as_deref(), Some("new"));
@@ -368,34 +305,13 @@ async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     let server = RedisServer::start();
-    let ns = unique_namespace();
-    let a = builder(&server)
-        .namespace(ns.as_str())
-        .build()
-        .await
-        .unwrap();
-    let b = builder(&server)
-        .namespace(ns.as_str())
-        .build()
-        .await
-        .unwrap();
+    let (a, b) = two_instances(&server).await;
     let key = b.key(&Category::SCAN_RESULTS, ["coalesced"]);
     let source = Arc::new(AtomicU32::new(1));
-    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
-    let (written_tx, written_rx) = tokio::sync::oneshot::channel::<()>();
     let leader = {
-        let (b, key, source) = (b.clone(), key.clone(), source.clone());
-        tokio::spawn(async move {
-            b.get_with(&key, async move {
-                let v = source.load(Ordering::SeqCst);
-                loaded_tx.send(()).unwrap();
-                written_rx.await.unwrap();
-                v
-            })
-            .await
-        })
+        let source = source.clone();
+        held_load(&b, &key, move || source.load(Ordering::SeqCst)).await
     };
-    loaded_rx.await.unwrap();
     source.store(2, Ordering::SeqCst);
     a.invalidate(&key).await; // acknowledged from here on
     let late = {
@@ -411,9 +327,8 @@ async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
         || async { b.loads_waiting(&key) >= 1 },
     )
     .await;
-    written_tx.send(()).unwrap();
     assert_eq!(
-        leader.await.unwrap(),
+        leader.finish().await,
         1,
         "the leader's own caller overlapped the write"
     );
@@ -436,21 +351,7 @@ async fn callers_after_an_invalidation_never_join_an_older_load() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
     let key = cache.key(&Category::ANALYSIS, ["slow"]);
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let old_reader = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move {
-            cache
-                .get_with(&key, async move {
-                    started_tx.send(()).unwrap();
-                    release_rx.await.unwrap();
-                    "old".to_string()
-                })
-                .await
-        })
-    };
-    started_rx.await.unwrap();
+    let old_reader = held_load(&cache, &key, || "old".to_string()).await;
     cache.invalidate(&key).await;
     let fresh = tokio::time::timeout(
         Duration::from_secs(5),
@@ -459,7 +360,6 @@ async fn callers_after_an_invalidation_never_join_an_older_load() {
     .await
     .expect("the new caller must not wait for the older load");
     assert_eq!(fresh, "new");
-    release_tx.send(()).unwrap();
-    assert_eq!(old_reader.await.unwrap(), "old");
+    assert_eq!(old_reader.finish().await, "old");
     assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("new"));
 }

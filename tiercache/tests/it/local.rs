@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use tiercache::{Cache, CacheStatus, Category};
+use tiercache::{Cache, CacheStatus, Category, Key};
 use tiercache_testkit::RedisServer;
 
 use crate::helpers::{builder, command_calls, unique_namespace, wait_until};
@@ -31,11 +31,16 @@ async fn wait_live(cache: &Cache, live: bool) -> Duration {
     wait_until(
         Duration::from_secs(5),
         "the in-process tier's state",
-        || {
-            let cache = cache.clone();
-            async move { cache.stats().await.local.is_some_and(|l| l.live == live) }
-        },
+        || async { cache.stats().await.local.is_some_and(|l| l.live == live) },
     )
+    .await
+}
+
+/// Waits (2 s at most) until `cache` reads `expected` under `key`; returns how long it took.
+async fn reads_soon(cache: &Cache, key: &Key, expected: Option<u32>, what: &str) -> Duration {
+    wait_until(Duration::from_secs(2), what, || async move {
+        cache.get::<u32>(key).await == expected
+    })
     .await
 }
 
@@ -47,7 +52,7 @@ async fn untiered(server: &RedisServer, ns: &str) -> Cache {
 /// Writes `value` straight into Redis, as the cache would store it (envelope version, postcard,
 /// uncompressed; a `u32` below 128 is one byte), but without any notice: like a write whose
 /// notice the channel lost.
-fn silent_set(server: &RedisServer, key: &tiercache::Key, value: u8) {
+fn silent_set(server: &RedisServer, key: &Key, value: u8) {
     assert!(value < 128);
     let stored: String = [tiercache::ENVELOPE_VERSION, 1, 0, value]
         .iter()
@@ -103,12 +108,7 @@ async fn writes_reach_the_tiers_of_other_instances() {
 
     // An insert by a peer drops b's entry.
     a.insert(&key, &3u32).await;
-    let took = wait_until(Duration::from_secs(2), "b sees a's insert", || {
-        let b = b.clone();
-        let key = key.clone();
-        async move { b.get::<u32>(&key).await == Some(3) }
-    })
-    .await;
+    let took = reads_soon(&b, &key, Some(3), "b sees a's insert").await;
     println!("a's insert reached b's tier within {took:?}");
     assert_eq!(
         b.get::<u32>(&other).await,
@@ -118,55 +118,22 @@ async fn writes_reach_the_tiers_of_other_instances() {
 
     // So do a key invalidation, a pattern invalidation and a clear.
     a.invalidate(&key).await;
-    wait_until(Duration::from_secs(2), "b sees a's invalidation", || {
-        let b = b.clone();
-        let key = key.clone();
-        async move { b.get::<u32>(&key).await.is_none() }
-    })
-    .await;
+    reads_soon(&b, &key, None, "b sees a's invalidation").await;
     a.invalidate_pattern(&a.key_space().pattern(&Category::IMAGE_METADATA, ["other"]))
         .await
         .unwrap();
-    wait_until(Duration::from_secs(2), "b sees a's pattern", || {
-        let b = b.clone();
-        let other = other.clone();
-        async move { b.get::<u32>(&other).await.is_none() }
-    })
-    .await;
+    reads_soon(&b, &other, None, "b sees a's pattern").await;
     assert_eq!(b.get_with(&key, async { 4u32 }).await, 4);
     silent_set(&server, &key, 5);
     a.clear().await.unwrap();
-    wait_until(Duration::from_secs(2), "b sees a's clear", || {
-        let b = b.clone();
-        let key = key.clone();
-        async move { b.get::<u32>(&key).await.is_none() }
-    })
-    .await;
+    reads_soon(&b, &key, None, "b sees a's clear").await;
 
     // A writer without a tier of its own (a batch job, say) still reaches b's tier.
     assert_eq!(b.get_with(&key, async { 6u32 }).await, 6);
     plain.insert(&key, &7u32).await;
-    wait_until(
-        Duration::from_secs(2),
-        "b sees the plain cache's insert",
-        || {
-            let b = b.clone();
-            let key = key.clone();
-            async move { b.get::<u32>(&key).await == Some(7) }
-        },
-    )
-    .await;
+    reads_soon(&b, &key, Some(7), "b sees the plain cache's insert").await;
     plain.invalidate(&key).await;
-    wait_until(
-        Duration::from_secs(2),
-        "b sees the plain cache's invalidation",
-        || {
-            let b = b.clone();
-            let key = key.clone();
-            async move { b.get::<u32>(&key).await.is_none() }
-        },
-    )
-    .await;
+    reads_soon(&b, &key, None, "b sees the plain cache's invalidation").await;
 }
 
 #[tokio::test]
@@ -184,12 +151,7 @@ async fn a_lost_channel_drops_the_tier() {
         .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .unwrap();
     assert!(reply.starts_with(":1"), "one subscriber killed: {reply:?}");
-    wait_until(Duration::from_secs(2), "the tier is dropped", || {
-        let cache = cache.clone();
-        let key = key.clone();
-        async move { cache.get::<u32>(&key).await == Some(2) }
-    })
-    .await;
+    reads_soon(&cache, &key, Some(2), "the tier is dropped").await;
     let back = wait_live(&cache, true).await;
     println!("tier live again {back:?} after the subscription was killed");
     assert_eq!(cache.get::<u32>(&key).await, Some(2));
@@ -202,16 +164,12 @@ async fn redis_lost_and_back_leaves_nothing_stale() {
     let key = cache.key(&Category::SESSIONS, ["s"]);
     assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
     server.stop();
-    wait_until(Duration::from_secs(3), "reads bypass the cache", || {
-        let cache = cache.clone();
-        let key = key.clone();
-        async move {
-            let (v, status) = cache
-                .try_get_with_status(&key, async { Ok::<_, ()>(9u32) })
-                .await
-                .unwrap();
-            v == 9 && status == CacheStatus::Bypass
-        }
+    wait_until(Duration::from_secs(3), "reads bypass the cache", || async {
+        let (v, status) = cache
+            .try_get_with_status(&key, async { Ok::<_, ()>(9u32) })
+            .await
+            .unwrap();
+        v == 9 && status == CacheStatus::Bypass
     })
     .await;
     assert!(!cache.stats().await.local.unwrap().live);
@@ -219,10 +177,11 @@ async fn redis_lost_and_back_leaves_nothing_stale() {
     // the tier.
     server.restart();
     wait_live(&cache, true).await;
-    wait_until(Duration::from_secs(3), "the cache is used again", || {
-        let cache = cache.clone();
-        async move { cache.is_connected() }
-    })
+    wait_until(
+        Duration::from_secs(3),
+        "the cache is used again",
+        || async { cache.is_connected() },
+    )
     .await;
     assert_eq!(cache.get_with(&key, async { 2u32 }).await, 2);
     assert_eq!(cache.get::<u32>(&key).await, Some(2));
@@ -428,23 +387,19 @@ async fn a_silent_channel_is_found_by_its_heartbeats() {
     let took = wait_until(
         Duration::from_secs(15),
         "the silent channel is dropped",
-        || {
-            let cache = cache.clone();
-            async move {
-                cache
-                    .stats()
-                    .await
-                    .local
-                    .is_some_and(|l| l.channel_losses >= 1)
-            }
+        || async {
+            cache
+                .stats()
+                .await
+                .local
+                .is_some_and(|l| l.channel_losses >= 1)
         },
     )
     .await;
     println!("silent channel dropped after {took:?}");
     wait_live(&cache, true).await;
-    wait_until(Duration::from_secs(5), "the breaker closed", || {
-        let cache = cache.clone();
-        async move { cache.is_connected() }
+    wait_until(Duration::from_secs(5), "the breaker closed", || async {
+        cache.is_connected()
     })
     .await;
 
@@ -452,10 +407,5 @@ async fn a_silent_channel_is_found_by_its_heartbeats() {
     assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
     assert_eq!(cache.get::<u32>(&key).await, Some(1));
     peer.insert(&key, &2u32).await;
-    wait_until(Duration::from_secs(2), "the peer's insert arrives", || {
-        let cache = cache.clone();
-        let key = key.clone();
-        async move { cache.get::<u32>(&key).await == Some(2) }
-    })
-    .await;
+    reads_soon(&cache, &key, Some(2), "the peer's insert arrives").await;
 }
