@@ -1,41 +1,50 @@
-//! What is cached, for how long, and which writes invalidate what — in one table.
+//! What is cached, for how long, with which tags, and which writes invalidate what — in one
+//! table. The categories and TTLs are this service's; tiercache ships none.
 //!
-//! | endpoint | category (TTL) | key parts |
-//! |---|---|---|
-//! | `GET /api/scan-results?image=&limit=&offset=` | scan results (5 min) | `list`, `all` or `image` + name, limit, offset |
-//! | `GET /api/scan-results/{id}` | scan results (5 min) | `scan`, id |
-//! | `GET /api/vulnerabilities[/active]?severity=` | vulnerabilities (10 min) | `all` or `active`, the severities (sorted) |
-//! | `GET /api/images` | image metadata (15 min) | `index` |
-//! | `GET /api/images/{name}/latest` | image metadata (15 min) | `image`, name, `latest` |
-//! | `GET /api/images/{name}/versions` | image metadata (15 min) | `image`, name, `versions` |
-//! | `GET /api/insights` | analysis (30 min) | `insights` |
+//! | endpoint | category (TTL) | key parts | tags |
+//! |---|---|---|---|
+//! | `GET /api/scan-results?image=&limit=&offset=` | scan results (5 min) | `list`, `all` or `image` + name, limit, offset | `scan-lists`, or `image:{name}` with `?image=` |
+//! | `GET /api/scan-results/{id}` | scan results (5 min) | `scan`, id | `scan:{id}` |
+//! | `GET /api/vulnerabilities[/active]?severity=` | vulnerabilities (10 min) | `all` or `active`, the severities (sorted) | `vulnerabilities` |
+//! | `GET /api/images` | image metadata (15 min) | `index` | `images` |
+//! | `GET /api/images/{name}/latest` | image metadata (15 min) | `image`, name, `latest` | `image:{name}` |
+//! | `GET /api/images/{name}/versions` | image metadata (15 min) | `image`, name, `versions` | `image:{name}` |
+//! | `GET /api/insights` | analysis (30 min) | `insights` | `insights` |
 //!
-//! A POST or DELETE of a scan of image *X* invalidates, after its transaction committed and
-//! before it answers:
-//! every scan list (pattern `scan_results: list…`), the scan itself, every vulnerability list
-//! (the whole category), *X*'s entries (pattern `image_metadata: image, X…`), the image index,
-//! and the insights. Other images' entries stay: the pattern is built from the encoded name, so
-//! `*`, `?` or `[` in a name match only themselves.
+//! A POST or DELETE of scan *N* of image *X* invalidates, after its transaction committed and
+//! before it answers, the tags `scan-lists`, `scan:{N}`, `vulnerabilities`, `image:{X}`, `images`
+//! and `insights`: one Redis command however many entries carry them, reaching every instance.
+//! Other images' entries stay. Tags are built from the raw name by tiercache, so `*`, `?` or `[`
+//! in a name are just characters.
 //!
 //! Cached values are the JSON response bodies, so a hit is served without re-encoding.
 //!
-//! Every instance also keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
+//! Every instance keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
 //! (`CACHE_LOCAL_CAPACITY`, 0 to turn it off). Its entries live no longer than their Redis copy,
-//! writes reach the other instances' tiers over Redis pub/sub, and a tier whose channel or Redis
-//! is lost is cleared and unused until both are back.
+//! writes reach the other instances' tiers over Redis pub/sub, and a tier serves only while its
+//! heartbeats come back through that channel within tiercache's lease (100 ms).
 
 use std::time::Duration;
 
-use tiercache::{Cache, CacheBuilder, Category, Key, KeySpace, Pattern};
+use tiercache::{Cache, CacheBuilder, Category, Key, KeySpace, Tag};
 
 use crate::model::Severity;
 
+/// Scan lists and single scans.
+pub const SCAN_RESULTS: Category = Category::from_static("scan_results");
+/// Aggregated vulnerability lists.
+pub const VULNERABILITIES: Category = Category::from_static("vulnerabilities");
+/// The image index and each image's latest scan and versions.
+pub const IMAGE_METADATA: Category = Category::from_static("image_metadata");
+/// The insights view (expensive).
+pub const ANALYSIS: Category = Category::from_static("analysis");
+
 /// TTL per category.
 pub const TTLS: [(Category, Duration); 4] = [
-    (Category::SCAN_RESULTS, Duration::from_secs(5 * 60)),
-    (Category::VULNERABILITIES, Duration::from_secs(10 * 60)),
-    (Category::IMAGE_METADATA, Duration::from_secs(15 * 60)),
-    (Category::ANALYSIS, Duration::from_secs(30 * 60)),
+    (SCAN_RESULTS, Duration::from_secs(5 * 60)),
+    (VULNERABILITIES, Duration::from_secs(10 * 60)),
+    (IMAGE_METADATA, Duration::from_secs(15 * 60)),
+    (ANALYSIS, Duration::from_secs(30 * 60)),
 ];
 
 /// Default size of the in-process tier, in bytes.
@@ -80,66 +89,94 @@ pub enum Entry<'a> {
     Insights,
 }
 
+/// Every scan list.
+fn scan_lists() -> Tag {
+    Tag::new("scan-lists", Vec::<&str>::new())
+}
+
+/// One scan.
+fn scan(id: i64) -> Tag {
+    Tag::new("scan", [id.to_string()])
+}
+
+/// Everything about one image.
+fn image(name: &str) -> Tag {
+    Tag::new("image", [name])
+}
+
+fn whole(kind: &str) -> Tag {
+    Tag::new(kind, Vec::<&str>::new())
+}
+
 impl Entry<'_> {
-    /// The entry's key.
+    /// The entry's key, with its tags.
     pub fn key(&self, keys: &KeySpace) -> Key {
         match self {
             Self::ScanList {
-                image,
+                image: name,
                 limit,
                 offset,
             } => {
                 let (l, o) = (limit.to_string(), offset.to_string());
-                match image {
-                    Some(name) => {
-                        keys.key(&Category::SCAN_RESULTS, ["list", "image", name, &l, &o])
-                    }
-                    None => keys.key(&Category::SCAN_RESULTS, ["list", "all", &l, &o]),
+                match name {
+                    Some(name) => keys
+                        .key(&SCAN_RESULTS, ["list", "image", name, &l, &o])
+                        .with_tags([image(name)]),
+                    None => keys
+                        .key(&SCAN_RESULTS, ["list", "all", &l, &o])
+                        .with_tags([scan_lists()]),
                 }
             }
-            Self::Scan(id) => keys.key(&Category::SCAN_RESULTS, ["scan", &id.to_string()]),
+            Self::Scan(id) => keys
+                .key(&SCAN_RESULTS, ["scan", &id.to_string()])
+                .with_tags([scan(*id)]),
             Self::Vulnerabilities {
                 latest_only,
                 severities,
             } => {
                 let scope = if *latest_only { "active" } else { "all" };
                 let filter: Vec<&str> = severities.iter().map(|s| s.as_str()).collect();
-                keys.key(&Category::VULNERABILITIES, [scope, &filter.join(",")])
+                keys.key(&VULNERABILITIES, [scope, &filter.join(",")])
+                    .with_tags([whole("vulnerabilities")])
             }
-            Self::ImageIndex => keys.key(&Category::IMAGE_METADATA, ["index"]),
-            Self::ImageLatest(name) => {
-                keys.key(&Category::IMAGE_METADATA, ["image", name, "latest"])
-            }
-            Self::ImageVersions(name) => {
-                keys.key(&Category::IMAGE_METADATA, ["image", name, "versions"])
-            }
-            Self::Insights => keys.key(&Category::ANALYSIS, ["insights"]),
+            Self::ImageIndex => keys
+                .key(&IMAGE_METADATA, ["index"])
+                .with_tags([whole("images")]),
+            Self::ImageLatest(name) => keys
+                .key(&IMAGE_METADATA, ["image", name, "latest"])
+                .with_tags([image(name)]),
+            Self::ImageVersions(name) => keys
+                .key(&IMAGE_METADATA, ["image", name, "versions"])
+                .with_tags([image(name)]),
+            Self::Insights => keys
+                .key(&ANALYSIS, ["insights"])
+                .with_tags([whole("insights")]),
         }
     }
 }
 
-/// Invalidates everything a stored or deleted scan of `image` changes (see the module table),
-/// and logs it. Never fails: an invalidation Redis misses is replayed before the cache is read
-/// again (tiercache's guarantee).
+/// The tags a stored or deleted scan `scan_id` of `image` makes stale (see the module table).
+pub fn tags_changed_by_write(image_name: &str, scan_id: i64) -> Vec<Tag> {
+    vec![
+        scan_lists(),
+        scan(scan_id),
+        whole("vulnerabilities"),
+        image(image_name),
+        whole("images"),
+        whole("insights"),
+    ]
+}
+
+/// Invalidates everything a stored or deleted scan of `image` changes, and logs it. Never
+/// fails: an invalidation Redis misses is replayed before the cache is read again (tiercache's
+/// guarantee).
 pub async fn invalidate_after_write(cache: &Cache, image: &str, scan_id: i64) {
-    let keys = cache.key_space();
-    let patterns: [Pattern; 3] = [
-        keys.pattern(&Category::SCAN_RESULTS, ["list"]),
-        keys.pattern(&Category::VULNERABILITIES, Vec::<&str>::new()),
-        keys.pattern(&Category::IMAGE_METADATA, ["image", image]),
-    ];
-    let mut removed = 0;
-    for pattern in &patterns {
-        removed += cache.invalidate_pattern(pattern).await.unwrap_or(0);
-    }
-    for entry in [Entry::Scan(scan_id), Entry::ImageIndex, Entry::Insights] {
-        cache.invalidate(&entry.key(keys)).await;
-    }
+    let tags = tags_changed_by_write(image, scan_id);
+    cache.invalidate_tags(&tags).await;
     tracing::info!(
         image,
         scan_id,
-        patterns_removed = removed,
-        invalidated = "scan lists, the scan, vulnerability lists, the image's entries, the image index, insights",
+        tags = ?tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
         "cache invalidated after write"
     );
 }
@@ -149,25 +186,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_image_pattern_is_literal_for_glob_characters() {
+    fn a_write_reaches_exactly_the_entries_it_changes() {
         let keys = KeySpace::new("test", "scan-api").unwrap();
-        let pattern = keys.pattern(&Category::IMAGE_METADATA, ["image", "a*"]);
-        let rest = &pattern.as_str()[keys.prefix().len()..];
-        // The only glob syntax left is the pattern's own tail; the name's `*` is encoded.
-        assert!(rest.ends_with("[:}]*"), "{rest}");
-        let head = &rest[..rest.len() - "[:}]*".len()];
-        assert!(!head.contains(['*', '?', '[', ']', '\\']), "{head}");
-        let own = Entry::ImageLatest("a*").key(&keys);
-        let other = Entry::ImageLatest("ab").key(&keys);
-        assert!(
-            own.as_str()
-                .starts_with(&pattern.as_str()[..pattern.as_str().len() - "[:}]*".len()])
-        );
-        assert!(
-            !other
-                .as_str()
-                .starts_with(&pattern.as_str()[..pattern.as_str().len() - "[:}]*".len()])
-        );
+        let changed = tags_changed_by_write("a*", 7);
+        let hit = |entry: Entry<'_>| entry.key(&keys).tags().iter().any(|t| changed.contains(t));
+        assert!(hit(Entry::ImageLatest("a*")));
+        assert!(hit(Entry::ImageVersions("a*")));
+        assert!(hit(Entry::Scan(7)));
+        assert!(hit(Entry::ImageIndex));
+        assert!(hit(Entry::Insights));
+        assert!(hit(Entry::ScanList {
+            image: None,
+            limit: 10,
+            offset: 0
+        }));
+        assert!(hit(Entry::ScanList {
+            image: Some("a*"),
+            limit: 10,
+            offset: 0
+        }));
+        assert!(hit(Entry::Vulnerabilities {
+            latest_only: true,
+            severities: &[]
+        }));
+        // Another image's entries, and other scans, stay: `*` in a name is just a character.
+        assert!(!hit(Entry::ImageLatest("ab")));
+        assert!(!hit(Entry::ImageLatest("a")));
+        assert!(!hit(Entry::Scan(8)));
+        assert!(!hit(Entry::ScanList {
+            image: Some("other"),
+            limit: 10,
+            offset: 0
+        }));
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn main() {
     rt.block_on(async {
         let cache = Cache::builder().url(server.url()).namespace("bench").build().await.unwrap();
         let tiered = Cache::builder().url(server.url()).namespace("bench").local_capacity(16 << 20).build().await.unwrap();
-        let key = cache.key(&Category::SCAN_RESULTS, ["hit"]);
+        let key = cache.key(&Category::new("scans"), ["hit"]);
         let v = value();
         cache.insert(&key, &v).await;
         assert_eq!(cache.get::<ScanSummary>(&key).await, Some(v.clone()));

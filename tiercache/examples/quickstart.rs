@@ -11,7 +11,10 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tiercache::{Cache, CacheBuilder, Category};
+use tiercache::{Cache, CacheBuilder, Category, Tag};
+
+/// The application's own category, with its own TTL below.
+const IMAGES: Category = Category::from_static("images");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ImageSummary {
@@ -31,7 +34,10 @@ async fn load_from_database(name: &str) -> ImageSummary {
 }
 
 async fn timed_read(cache: &Cache, name: &str) -> anyhow::Result<()> {
-    let key = cache.key(&Category::IMAGE_METADATA, [name]);
+    // Tagged with the image, so that one `invalidate_tag` reaches every entry about it.
+    let key = cache
+        .key(&IMAGES, [name])
+        .with_tags([Tag::new("image", [name])]);
     let start = Instant::now();
     let summary = cache.get_with(&key, load_from_database(name)).await;
     println!(
@@ -50,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cache = CacheBuilder::from_env()
         .namespace(std::env::var("CACHE_NAMESPACE").unwrap_or_else(|_| "quickstart".into()))
+        .ttl(IMAGES, Duration::from_secs(900))
+        .local_capacity(16 << 20)
         .build()
         .await?;
     println!("redis connected: {}", cache.is_connected());
@@ -60,10 +68,8 @@ async fn main() -> anyhow::Result<()> {
     println!("second read (hit when Redis is there):");
     timed_read(&cache, name).await?;
 
-    println!("a write invalidates the entry; the next read loads again:");
-    cache
-        .invalidate(&cache.key(&Category::IMAGE_METADATA, [name]))
-        .await;
+    println!("a write invalidates the image's tag; the next read loads again:");
+    cache.invalidate_tag(&Tag::new("image", [name])).await;
     timed_read(&cache, name).await?;
 
     println!(

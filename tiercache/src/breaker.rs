@@ -7,7 +7,8 @@
 //! every caller's latency bounded by the per-operation timeout, at most `threshold` times per
 //! outage, and makes recovery independent of traffic.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -23,8 +24,10 @@ pub(crate) struct Breaker {
     /// Wakes the probe task when the breaker opens. `Notify` keeps a permit, so an opening that
     /// happens before the task waits is not lost.
     opened: Notify,
-    /// How many times it opened; the in-process tier is cleared when this moves.
-    trips: AtomicU64,
+    /// When the current streak of failures began, in nanoseconds since `base` plus one (0: no
+    /// streak). A writer whose change failed uses it to tell how long Redis has been failing.
+    failing_since: AtomicU64,
+    base: Instant,
 }
 
 impl Breaker {
@@ -35,7 +38,8 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open: AtomicBool::new(open),
             opened: Notify::new(),
-            trips: AtomicU64::new(u64::from(open)),
+            failing_since: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
@@ -49,13 +53,28 @@ impl Breaker {
         // cache line shared between cores.
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
+            self.failing_since.store(0, Relaxed);
         }
     }
 
     /// Counts a failure; returns true if this one opened the breaker.
     pub(crate) fn record_failure(&self) -> bool {
-        let n = self.failures.fetch_add(1, Relaxed).saturating_add(1);
-        n >= self.threshold && self.trip()
+        let before = self.failures.fetch_add(1, Relaxed);
+        if before == 0 {
+            let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            let _ = self
+                .failing_since
+                .compare_exchange(0, now + 1, Relaxed, Relaxed);
+        }
+        before.saturating_add(1) >= self.threshold && self.trip()
+    }
+
+    /// When the current streak of failed calls began, if one is under way.
+    pub(crate) fn failing_since(&self) -> Option<Instant> {
+        match self.failing_since.load(Relaxed) {
+            0 => None,
+            n => Some(self.base + Duration::from_nanos(n - 1)),
+        }
     }
 
     /// Opens the breaker now (for failures that make Redis untrustworthy at once, such as a lost
@@ -63,7 +82,6 @@ impl Breaker {
     pub(crate) fn trip(&self) -> bool {
         let was_closed = !self.open.swap(true, Relaxed);
         if was_closed {
-            self.trips.fetch_add(1, SeqCst);
             self.opened.notify_one();
         }
         was_closed
@@ -72,12 +90,8 @@ impl Breaker {
     /// Closes the breaker after a successful probe.
     pub(crate) fn close(&self) {
         self.failures.store(0, Relaxed);
+        self.failing_since.store(0, Relaxed);
         self.open.store(false, Relaxed);
-    }
-
-    /// How many times the breaker has opened.
-    pub(crate) fn trips(&self) -> u64 {
-        self.trips.load(SeqCst)
     }
 
     /// Resolves once the breaker is open.
@@ -103,8 +117,16 @@ mod tests {
         assert!(b.record_failure());
         assert!(!b.is_closed());
         assert!(!b.record_failure(), "only the opening failure reports it");
+        assert!(b.failing_since().is_some());
         b.close();
         assert!(b.is_closed());
+        assert!(b.failing_since().is_none());
+        assert!(!b.record_failure());
+        let since = b.failing_since().unwrap();
+        assert!(!b.record_failure());
+        assert_eq!(b.failing_since(), Some(since), "the streak keeps its start");
+        b.record_success();
+        assert!(b.failing_since().is_none());
     }
 
     #[tokio::test]

@@ -9,16 +9,13 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use crate::bus::{self, Bus};
-use crate::cache::{Cache, Inner};
+use crate::bus;
+use crate::cache::{Cache, Inner, Mode};
 use crate::coalesce::Coalescer;
 use crate::codec::{Codec, Envelope};
-use crate::epoch::Epoch;
+use crate::coherence::{Coherence, CoherenceConfig, DEFAULT_LOCAL_LEASE, Scope};
 use crate::error::{Error, Result};
-use crate::generation;
-use crate::invalidation::PendingInvalidations;
 use crate::key::{Category, KeySpace};
-use crate::local::{Local, LocalConfig};
 use crate::probe;
 use crate::remote::{Remote, RemoteConfig};
 use crate::stats::Counters;
@@ -30,14 +27,20 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// Default bound on how long the in-process tier keeps an entry.
 pub const DEFAULT_LOCAL_MAX_TTL: Duration = Duration::from_secs(60);
 
+/// Default bound on how long a load may take and still be stored.
+pub const DEFAULT_MAX_LOAD_TIME: Duration = Duration::from_secs(10);
+
 /// Builds a [`Cache`].
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tiercache::{Cache, Category, Codec};
+/// use tiercache::{Cache, Category, Codec, Mode};
+///
+/// const SCANS: Category = Category::from_static("scans");
 ///
 /// # async fn demo() -> Result<(), tiercache::Error> {
 /// let cache = Cache::builder()
+///     .mode(Mode::Redis)                        // or Mode::Standalone: in process, no Redis
 ///     .url("redis://127.0.0.1:6379")
 ///     .username("app")                          // ACL user (optional)
 ///     .password("secret")                       // AUTH (optional)
@@ -48,11 +51,15 @@ pub const DEFAULT_LOCAL_MAX_TTL: Duration = Duration::from_secs(60);
 ///     .connect_timeout(Duration::from_secs(1))  // bound on (re)connecting
 ///     .breaker_threshold(3)                     // failures before the breaker opens
 ///     .breaker_cooldown(Duration::from_millis(250))
-///     .ttl(Category::SCAN_RESULTS, Duration::from_secs(300))
-///     .default_ttl(Duration::from_secs(300))
+///     .ttl(SCANS, Duration::from_secs(300))     // per category ...
+///     .default_ttl(Duration::from_secs(300))    // ... and for the others
 ///     .jitter(0.1)                              // ±10%
 ///     .codec(Codec::Postcard)
 ///     .compress_threshold(1024)                 // LZ4 above 1 KiB
+///     .local_capacity(64 << 20)                 // in-process tier of 64 MiB in front of Redis
+///     .local_max_ttl(Duration::from_secs(60))
+///     .local_lease(Duration::from_millis(100))  // Δ across instances during a fault
+///     .max_load_time(Duration::from_secs(10))   // slower loads are returned, not stored
 ///     .build()
 ///     .await?;
 /// # Ok(()) }
@@ -73,10 +80,12 @@ pub struct CacheBuilder {
     codec: Codec,
     compress_threshold: usize,
     scan_count: usize,
-    enabled: bool,
+    mode: Mode,
     /// Bytes for the in-process tier; 0 for none.
     local_capacity: u64,
     local_max_ttl: Duration,
+    local_lease: Duration,
+    max_load_time: Duration,
     #[cfg(feature = "tls")]
     tls_root: Option<Vec<u8>>,
     #[cfg(feature = "tls")]
@@ -102,8 +111,11 @@ impl std::fmt::Debug for CacheBuilder {
             .field("ttl", &self.ttl)
             .field("codec", &self.codec)
             .field("compress_threshold", &self.compress_threshold)
+            .field("mode", &self.mode)
             .field("local_capacity", &self.local_capacity)
             .field("local_max_ttl", &self.local_max_ttl)
+            .field("local_lease", &self.local_lease)
+            .field("max_load_time", &self.max_load_time)
             .finish_non_exhaustive()
     }
 }
@@ -125,9 +137,11 @@ impl Default for CacheBuilder {
             codec: Codec::default(),
             compress_threshold: 1024,
             scan_count: 1000,
-            enabled: true,
+            mode: Mode::Redis,
             local_capacity: 0,
             local_max_ttl: DEFAULT_LOCAL_MAX_TTL,
+            local_lease: DEFAULT_LOCAL_LEASE,
+            max_load_time: DEFAULT_MAX_LOAD_TIME,
             #[cfg(feature = "tls")]
             tls_root: None,
             #[cfg(feature = "tls")]
@@ -294,34 +308,70 @@ impl CacheBuilder {
         self
     }
 
-    /// Whether to use Redis at all (default true). A disabled cache never connects: every read
-    /// is a miss with status [`CacheStatus::Bypass`](crate::CacheStatus), every load runs (not
-    /// coalesced either), and nothing is stored. For benchmarks and for comparing against the
-    /// source.
+    /// Whether to cache at all (default true); `false` is [`Mode::Disabled`]. A disabled cache
+    /// never connects: every read is a miss with status
+    /// [`CacheStatus::Bypass`](crate::CacheStatus), every load runs (not coalesced either), and
+    /// nothing is stored. For benchmarks and for comparing against the source.
     pub fn enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
+        if !enabled {
+            self.mode = Mode::Disabled;
+        } else if self.mode == Mode::Disabled {
+            self.mode = Mode::Redis;
+        }
         self
     }
 
-    /// Puts an in-process tier of up to `bytes` (keys plus encoded values) in front of Redis;
-    /// 0, the default, means none.
+    /// How values are stored (default [`Mode::Redis`]).
     ///
-    /// Hits there skip the Redis round trip. Each entry lives no longer than its Redis copy nor
-    /// [`local_max_ttl`](Self::local_max_ttl). Writes and invalidations reach the tiers of other
-    /// instances over a Redis pub/sub channel; the tier is used only while that channel is up
-    /// and the breaker is closed, and is cleared whenever either was lost. Another instance's
-    /// tier drops an entry when the notice arrives (well under a millisecond on a LAN), so a
-    /// read there racing the write itself may still see the old value; a read in the
-    /// writing instance never does.
+    /// [`Mode::Standalone`] keeps them in the in-process tier alone and never connects to
+    /// Redis: for a single instance (a CLI, a demo, a machine without Redis), since no other
+    /// instance hears of its changes. It needs a [`local_capacity`](Self::local_capacity);
+    /// entries live their full TTL. A deployment of several instances must use Redis: a
+    /// standalone tier in each would serve values another instance changed.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Puts an in-process tier of up to `bytes` (keys plus encoded sizes of the values) in
+    /// front of Redis; 0, the default, means none.
+    ///
+    /// It keeps decoded values, so a hit costs a lookup and a clone of `T` (make `T` an `Arc`
+    /// for large values). Each entry lives no longer than its Redis copy nor
+    /// [`local_max_ttl`](Self::local_max_ttl). Changes reach the tiers of other instances over a
+    /// Redis pub/sub channel, and a tier serves only while its own heartbeats come back through
+    /// that channel within [`local_lease`](Self::local_lease); otherwise it is dropped. Another
+    /// instance's tier drops an entry when the notice arrives (well under a millisecond on a
+    /// LAN), and within one lease whatever Redis does; a read in the writing instance never
+    /// sees the old value after the write returned.
     pub fn local_capacity(mut self, bytes: u64) -> Self {
         self.local_capacity = bytes;
         self
     }
 
     /// Longest time an entry stays in the in-process tier (default 60 s), whatever its TTL in
-    /// Redis: a bound on staleness should the invalidation channel fail silently.
+    /// Redis.
     pub fn local_max_ttl(mut self, ttl: Duration) -> Self {
         self.local_max_ttl = ttl;
+        self
+    }
+
+    /// The in-process tier's lease (default [`DEFAULT_LOCAL_LEASE`], 100 ms): a tier serves
+    /// only while a heartbeat it sent less than this long ago has come back through the
+    /// invalidation channel, and a writer whose change cannot reach Redis waits this long (once
+    /// per fault) before it returns. It is the Δ of the consistency promise: no read in any
+    /// instance returns a value older than a write acknowledged more than this long before.
+    /// Shorter means a smaller Δ but more heartbeats (one per fifth of it) and a tier dropped
+    /// sooner when the process is starved; give every instance of a deployment the same value.
+    pub fn local_lease(mut self, lease: Duration) -> Self {
+        self.local_lease = lease;
+        self
+    }
+
+    /// The longest a load may take and still be stored (default 10 s): it is the lifetime of
+    /// the lease a load holds in Redis. A slower load still returns its value to its callers.
+    pub fn max_load_time(mut self, limit: Duration) -> Self {
+        self.max_load_time = limit;
         self
     }
 
@@ -348,7 +398,8 @@ impl CacheBuilder {
     ///
     /// Waits at most the connect timeout. If Redis is not reachable the cache is still built: it
     /// works as a pass-through (every read a miss, loaders always run) and connects in the
-    /// background as soon as Redis answers. Only invalid settings are errors.
+    /// background as soon as Redis answers. Only invalid settings are errors. A standalone or
+    /// disabled cache never connects.
     pub async fn build(self) -> Result<Cache> {
         if let Some(e) = self.deferred {
             return Err(e);
@@ -359,6 +410,8 @@ impl CacheBuilder {
             ("connect_timeout", self.connect_timeout),
             ("breaker_cooldown", self.breaker_cooldown),
             ("local_max_ttl", self.local_max_ttl),
+            ("local_lease", self.local_lease),
+            ("max_load_time", self.max_load_time),
         ] {
             if d.is_zero() {
                 return Err(Error::config(setting, "must be greater than zero"));
@@ -369,6 +422,12 @@ impl CacheBuilder {
         }
         if self.scan_count == 0 {
             return Err(Error::config("scan_count", "must be at least 1"));
+        }
+        if self.mode == Mode::Standalone && self.local_capacity == 0 {
+            return Err(Error::config(
+                "local_capacity",
+                "standalone mode keeps values in the in-process tier: give it a capacity",
+            ));
         }
         let info = connection_info(&self.url, self.username, self.password, self.db)?;
         #[cfg(feature = "tls")]
@@ -384,87 +443,86 @@ impl CacheBuilder {
                 connect_timeout: self.connect_timeout,
                 breaker_threshold: self.breaker_threshold,
                 scan_count: self.scan_count,
-                key_prefix: keys.prefix().to_owned(),
-                known_fields: generation::known_fields(&keys, self.ttl.categories()),
             },
             counters.clone(),
         )?);
-        let tiered = self.enabled && self.local_capacity > 0;
-        // Every enabled cache publishes its invalidations; only one with a tier subscribes.
-        let bus = self.enabled.then(|| Arc::new(Bus::new(&keys)));
-        let local = tiered.then(|| {
-            Arc::new(Local::new(LocalConfig {
-                capacity_bytes: self.local_capacity,
-                max_ttl: self.local_max_ttl,
-            }))
-        });
-        let epoch = Arc::new(Epoch::default());
-        let pending = Arc::new(PendingInvalidations::new(
-            keys.namespace_pattern(),
-            bus.clone(),
+        let local_capacity = match self.mode {
+            Mode::Disabled => 0,
+            _ => self.local_capacity,
+        };
+        let coherence = Arc::new(Coherence::new(
+            CoherenceConfig {
+                keys: keys.clone(),
+                scope: match self.mode {
+                    Mode::Standalone => Scope::Standalone,
+                    _ => Scope::Shared,
+                },
+                local_capacity,
+                local_max_ttl: self.local_max_ttl,
+                local_lease: self.local_lease,
+                max_load_time: self.max_load_time,
+            },
+            remote.clone(),
+            counters.clone(),
         ));
-        let probe = if self.enabled {
-            match remote.probe().await {
-                Ok(rtt) => {
-                    tracing::info!(
-                        addr = %remote.addr,
-                        rtt_us = rtt.as_micros() as u64,
-                        namespace = %keys.prefix(),
-                        "connected to redis"
-                    );
-                    if let Err(e) = remote.check_generation().await {
+        let mut tasks = Vec::new();
+        match self.mode {
+            Mode::Redis => {
+                match remote.probe().await {
+                    Ok(rtt) => {
+                        tracing::info!(
+                            addr = %remote.addr,
+                            rtt_us = rtt.as_micros() as u64,
+                            namespace = %keys.prefix(),
+                            tier = local_capacity > 0,
+                            "cache mode: redis; connected"
+                        );
+                        if let Err(e) = remote.load_scripts().await {
+                            tracing::warn!(
+                                addr = %remote.addr,
+                                error = %e,
+                                "cannot load the cache's Lua scripts (an ACL without eval, evalsha and script|load?): loaded values will not be stored"
+                            );
+                        }
+                    }
+                    Err(e) => {
                         tracing::warn!(
                             addr = %remote.addr,
                             error = %e,
-                            "cannot write this namespace's invalidation generation (an ACL without `tiercache#generation:*`, or memory full): loaded values will not be stored"
+                            namespace = %keys.prefix(),
+                            "cache mode: redis, but redis is unreachable at start-up: serving from the source and reconnecting in the background"
                         );
+                        remote.breaker.trip();
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        addr = %remote.addr,
-                        error = %e,
-                        "redis is unreachable at start-up: serving without the cache and reconnecting in the background"
-                    );
-                    remote.breaker.trip();
+                tasks.push(probe::spawn(coherence.clone(), self.breaker_cooldown));
+                if local_capacity > 0 {
+                    tasks.extend(bus::spawn(coherence.clone(), self.breaker_cooldown));
                 }
             }
-            Some(probe::spawn(
-                remote.clone(),
-                pending.clone(),
-                self.breaker_cooldown,
-            ))
-        } else {
-            tracing::info!("cache disabled: every read goes to the source");
-            remote.breaker.trip();
-            None
-        };
-        let bus_task = match (&bus, &local) {
-            (Some(b), Some(l)) => Some(bus::spawn(
-                b.clone(),
-                remote.clone(),
-                l.clone(),
-                epoch.clone(),
-                self.breaker_cooldown,
-            )),
-            _ => None,
-        };
+            Mode::Standalone => {
+                tracing::info!(
+                    namespace = %keys.prefix(),
+                    capacity_bytes = local_capacity,
+                    "cache mode: standalone (in process, no redis): one instance, its own changes only"
+                );
+                remote.breaker.trip();
+            }
+            Mode::Disabled => {
+                tracing::info!("cache mode: disabled; every read goes to the source");
+                remote.breaker.trip();
+            }
+        }
         Ok(Cache::from_inner(Inner {
             keys,
-            remote,
+            coherence,
             counters,
             envelope: Envelope::new(self.codec, self.compress_threshold),
             ttl: self.ttl,
             loads: Coalescer::default(),
-            pending,
             started: Instant::now(),
-            fill_guard: tokio::sync::RwLock::new(()),
-            _bus_task: bus_task,
-            epoch,
-            local,
-            bus,
-            _probe: probe,
-            enabled: self.enabled,
+            mode: self.mode,
+            _tasks: tasks,
         }))
     }
 }
@@ -587,8 +645,13 @@ mod tests {
             (CacheBuilder::new().namespace(""), "namespace"),
             (CacheBuilder::new().env_prefix("a b"), "env_prefix"),
             (
-                CacheBuilder::new().ttl(Category::SESSIONS, Duration::ZERO),
+                CacheBuilder::new().ttl(Category::new("sessions"), Duration::ZERO),
                 "ttl",
+            ),
+            (CacheBuilder::new().mode(Mode::Standalone), "local_capacity"),
+            (
+                CacheBuilder::new().local_lease(Duration::ZERO),
+                "local_lease",
             ),
             (
                 CacheBuilder::new().default_ttl(Duration::ZERO),

@@ -1,22 +1,22 @@
-//! The invalidation channel: keeps the in-process tiers of every instance coherent.
+//! The invalidation channel: carries every change to the in-process tiers of all instances, and
+//! proves, heartbeat by heartbeat, that it still does.
 //!
-//! Every cache publishes each invalidation, clear and explicit insert, after it reached Redis, on
-//! one Redis pub/sub channel per namespace (`{env}:{namespace}:__invalidations`) as a small JSON
-//! [`Notice`]; caches without an in-process tier publish too, so that a writer configured without
-//! one (a batch job, an older deployment) still reaches the tiers of the others. Each cache with
-//! a tier subscribes, and drops the named entries from it after advancing its epoch, so that a
-//! read in flight there does not put a value the notice made stale back into the tier. (Redis
-//! itself is protected by the invalidation generation, see `generation`.)
+//! Every cache publishes each change (keys, patterns, tags, a clear, inserts) on one Redis
+//! pub/sub channel per namespace (`{env}:{namespace}:__invalidations`) as a small JSON
+//! [`Notice`], in the same round trip as the change itself, after it (see `remote`). Caches
+//! without a tier publish too, so that a writer configured without one (a batch job) still
+//! reaches the tiers of the others. Each cache with a tier subscribes, on one connection, to
+//! that channel and to its own heartbeat channel (`{env}:{namespace}:__invalidations:{id}`),
+//! and hands what it hears to `coherence`: notices drop entries, and each heartbeat that comes
+//! back renews the tier's lease. A heartbeat goes out every fifth of the lease, through the
+//! command connection, stamped with the time it was sent (see `coherence` for why hearing it
+//! back makes the tier trustworthy until a lease after that stamp).
 //!
-//! Redis pub/sub delivers at most once, so the channel task treats any doubt as loss:
-//! - the subscription connection closes (Redis restarted, `CLIENT KILL`, output buffer overflow),
-//! - or this instance's own heartbeat, published each [`HEARTBEAT`] through its command
-//!   connection, has not come back for [`MISSED_HEARTBEATS`] periods (a subscription that silently
-//!   stopped delivering, or one that reaches another server than the commands do).
-//!
-//! On loss the tier is marked dead and cleared, and stays dead until a new subscription is up;
-//! it is cleared once more before it is marked live again, so nothing cached before or during the
-//! gap survives it.
+//! Redis pub/sub delivers at most once, so any doubt counts as loss: the subscription closing
+//! (Redis restarted, `CLIENT KILL`, output buffer overflow), an unreadable notice, or no
+//! heartbeat heard back for [`CHANNEL_SILENCE`] while Redis answers (a subscription that
+//! silently stopped delivering). Each drops the tier; a silent or closed subscription is
+//! replaced.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -25,194 +25,189 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::epoch::Epoch;
-use crate::error::Result;
-use crate::key::{KeySpace, Pattern};
-use crate::local::Local;
+use crate::coherence::{Change, Coherence, Target};
+use crate::key::{KeySpace, Pattern, Tag};
 use crate::log_limiter::LogLimiter;
 use crate::probe::TaskGuard;
-use crate::remote::Remote;
+use crate::remote::Via;
 
-/// How often each instance publishes a heartbeat on the channel.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A subscription that brings no heartbeat back for this long, while Redis answers commands, is
+/// replaced (the tier stopped serving long before: after one lease).
+pub const CHANNEL_SILENCE: Duration = Duration::from_secs(3);
 
-/// Heartbeat periods without any message after which the channel counts as lost.
-pub const MISSED_HEARTBEATS: u32 = 3;
-
-/// What goes over the channel. A heartbeat is a notice that names nothing.
+/// What goes over the shared channel.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Notice {
+pub(crate) struct Notice {
     /// The sending instance (its own notices are not applied twice).
-    from: u64,
+    pub(crate) from: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    patterns: Vec<String>,
+    pub(crate) patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    clear: bool,
+    pub(crate) clear: bool,
 }
 
-/// This instance's end of the channel.
+/// This instance's ends of the channel.
 #[derive(Debug)]
-pub(crate) struct Bus {
-    channel: String,
+pub(crate) struct Channel {
+    /// Every instance's changes.
+    shared: String,
+    /// This instance's heartbeats.
+    own: String,
     /// Random per cache, so two caches in one process are two instances.
     id: u64,
 }
 
-impl Bus {
+impl Channel {
     pub(crate) fn new(keys: &KeySpace) -> Self {
+        let id = fastrand::u64(..);
+        let shared = format!("{}__invalidations", keys.prefix());
         Self {
-            channel: format!("{}__invalidations", keys.prefix()),
-            id: fastrand::u64(..),
+            own: format!("{shared}:{id:016x}"),
+            shared,
+            id,
         }
     }
 
-    fn encode(&self, keys: &[&str], patterns: &[&Pattern], clear: bool) -> Vec<u8> {
-        let notice = Notice {
+    /// The notice of `change`.
+    pub(crate) fn notice(&self, change: &Change<'_>) -> Vec<u8> {
+        let mut n = Notice {
+            from: self.id,
+            ..Notice::default()
+        };
+        match change {
+            Change::Invalidate(Target::Keys(keys)) => {
+                n.keys = keys.iter().map(|k| (*k).to_owned()).collect();
+            }
+            Change::Invalidate(Target::Pattern(p)) => n.patterns = vec![p.as_str().to_owned()],
+            Change::Invalidate(Target::Tags(tags)) => {
+                n.tags = tags.iter().map(|t| t.as_str().to_owned()).collect();
+            }
+            Change::Invalidate(Target::Clear) => n.clear = true,
+            Change::Overwrite(entries) => {
+                n.keys = entries.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+            }
+        }
+        encode(&n)
+    }
+
+    /// A notice of owed changes being replayed.
+    pub(crate) fn replay_notice(
+        &self,
+        keys: &[&str],
+        patterns: &[&Pattern],
+        tags: &[&Tag],
+        clear: bool,
+    ) -> Vec<u8> {
+        encode(&Notice {
             from: self.id,
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+            tags: tags.iter().map(|t| t.as_str().to_owned()).collect(),
             clear,
-        };
-        // Serializing strings and bools to JSON cannot fail.
-        serde_json::to_vec(&notice).unwrap_or_default()
+        })
     }
 
-    /// Tells the other instances to drop `keys`, everything matching `patterns`, or (`clear`)
-    /// everything. `guarded: false` ignores the breaker (for replays during recovery).
-    pub(crate) async fn publish(
-        &self,
-        remote: &Remote,
-        keys: &[&str],
-        patterns: &[&Pattern],
-        clear: bool,
-        guarded: bool,
-    ) -> Result<()> {
-        let payload = self.encode(keys, patterns, clear);
-        remote.publish(&self.channel, &payload, guarded).await
-    }
-
-    /// Applies a notice from another instance; a message that does not parse clears the tier.
-    /// Returns whether it was this instance's own.
-    fn apply(&self, payload: &[u8], local: &Local, epoch: &Epoch) -> bool {
-        let notice = match serde_json::from_slice::<Notice>(payload) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable message on the invalidation channel; clearing the in-process tier");
-                drop_all(local, epoch);
-                return false;
-            }
-        };
-        if notice.from == self.id {
-            return true;
+    /// `payload`, addressed to every instance.
+    pub(crate) fn shared_notice<'a>(&'a self, payload: &'a [u8]) -> crate::remote::Notice<'a> {
+        crate::remote::Notice {
+            channel: &self.shared,
+            payload,
         }
-        if notice.keys.is_empty() && notice.patterns.is_empty() && !notice.clear {
-            return false;
-        }
-        // Before the entries go: a read that asked Redis before this notice must not put its
-        // value back (see `epoch`).
-        epoch.advance();
-        if notice.clear {
-            local.clear();
-        }
-        for key in &notice.keys {
-            local.remove(key);
-        }
-        for pattern in notice.patterns {
-            local.remove_matching(&Pattern::from_wire(pattern));
-        }
-        tracing::debug!(
-            from = notice.from,
-            clear = notice.clear,
-            "applied an invalidation from another instance"
-        );
-        false
     }
 }
 
-/// Clears the tier, after advancing the epoch so that reads in flight do not refill it.
-fn drop_all(local: &Local, epoch: &Epoch) {
-    epoch.advance();
-    local.clear();
+fn encode(notice: &Notice) -> Vec<u8> {
+    // Serializing strings, numbers and bools to JSON cannot fail.
+    serde_json::to_vec(notice).unwrap_or_default()
 }
 
-/// Starts the channel task.
-pub(crate) fn spawn(
-    bus: Arc<Bus>,
-    remote: Arc<Remote>,
-    local: Arc<Local>,
-    epoch: Arc<Epoch>,
-    retry: Duration,
-) -> TaskGuard {
-    TaskGuard::new(tokio::spawn(run(bus, remote, local, epoch, retry)))
+/// Starts the channel's tasks: the listener and the heartbeat. Both stop when the guards drop.
+pub(crate) fn spawn(coherence: Arc<Coherence>, retry: Duration) -> [TaskGuard; 2] {
+    [
+        TaskGuard::new(tokio::spawn(listen_forever(coherence.clone(), retry))),
+        TaskGuard::new(tokio::spawn(beat_forever(coherence))),
+    ]
 }
 
-async fn run(
-    bus: Arc<Bus>,
-    remote: Arc<Remote>,
-    local: Arc<Local>,
-    epoch: Arc<Epoch>,
-    retry: Duration,
-) {
-    let failures = LogLimiter::new(Duration::from_secs(30));
+/// Publishes this instance's heartbeat every fifth of the lease, stamped with its send time.
+async fn beat_forever(c: Arc<Coherence>) {
+    let mut tick = tokio::time::interval(c.local_lease() / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stream = match remote.subscribe(&bus.channel).await {
+        tick.tick().await;
+        let sent = c.stamp();
+        let _ = c
+            .remote
+            .publish(&c.channel.own, &sent.to_le_bytes(), Via::Breaker)
+            .await;
+    }
+}
+
+async fn listen_forever(c: Arc<Coherence>, retry: Duration) {
+    let failures = LogLimiter::new(Duration::from_secs(30));
+    let channels = [c.channel.shared.as_str(), c.channel.own.as_str()];
+    loop {
+        let stream = match c.remote.subscribe(&channels).await {
             Ok(stream) => stream,
             Err(e) => {
                 if let Some(suppressed) = failures.check() {
-                    tracing::warn!(channel = %bus.channel, error = %e, suppressed, "cannot subscribe to the invalidation channel; the in-process tier stays off");
+                    tracing::warn!(channel = %c.channel.shared, error = %e, suppressed, "cannot subscribe to the invalidation channel; the in-process tier stays off");
                 }
                 tokio::time::sleep(retry).await;
                 continue;
             }
         };
-        drop_all(&local, &epoch);
-        local.set_live(true);
-        tracing::info!(channel = %bus.channel, "invalidation channel up; in-process tier on");
-        let why = listen(&bus, &remote, &local, &epoch, stream).await;
-        local.set_live(false);
-        drop_all(&local, &epoch);
-        tracing::warn!(channel = %bus.channel, reason = why, "invalidation channel lost; in-process tier cleared and off until it is back");
+        tracing::info!(channel = %c.channel.shared, "invalidation channel up; the in-process tier serves while its heartbeats come back");
+        let why = listen(&c, stream).await;
+        c.lost(true);
+        tracing::warn!(channel = %c.channel.shared, reason = why, "invalidation channel lost; in-process tier dropped until it is back");
         tokio::time::sleep(retry).await;
     }
 }
 
-/// Applies notices until the channel is lost; returns why it counts as lost.
+/// Hands notices and heartbeats to `coherence` until the channel counts as lost; returns why.
 async fn listen(
-    bus: &Bus,
-    remote: &Remote,
-    local: &Local,
-    epoch: &Epoch,
-    stream: impl futures_util::Stream<Item = Vec<u8>>,
+    c: &Coherence,
+    stream: impl futures_util::Stream<Item = (String, Vec<u8>)>,
 ) -> &'static str {
     let mut stream = pin!(stream);
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Only this instance's own messages prove the path from its commands to its subscription.
+    let mut check = tokio::time::interval(CHANNEL_SILENCE / 6);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let silence = HEARTBEAT * MISSED_HEARTBEATS;
     loop {
         tokio::select! {
             message = stream.next() => match message {
-                Some(payload) => {
-                    if bus.apply(&payload, local, epoch) {
+                Some((channel, payload)) if channel == c.channel.own => {
+                    if let Ok(stamp) = <[u8; 8]>::try_from(payload.as_slice()) {
+                        c.renew(u64::from_le_bytes(stamp));
                         last_heard = Instant::now();
                     }
                 }
+                Some((_, payload)) => match serde_json::from_slice::<Notice>(&payload) {
+                    Ok(notice) if notice.from == c.channel.id => {}
+                    Ok(notice) => {
+                        c.apply_notice(&notice);
+                        tracing::debug!(from = notice.from, "applied a change from another instance");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable message on the invalidation channel; dropping the in-process tier");
+                        c.drop_tier();
+                    }
+                },
                 None => return "the subscription connection closed",
             },
-            _ = beat.tick() => {
-                if !remote.breaker.is_closed() {
-                    // Nobody can publish (the tier is unused meanwhile, and cleared when the
-                    // breaker closes); silence now says nothing about the channel.
+            _ = check.tick() => {
+                if !c.remote.breaker.is_closed() {
+                    // Heartbeats are not sent while Redis is away: silence says nothing of the
+                    // subscription then.
                     last_heard = Instant::now();
-                    continue;
+                } else if last_heard.elapsed() > CHANNEL_SILENCE {
+                    return "no heartbeat came back for 3 s";
                 }
-                if last_heard.elapsed() > silence {
-                    return "this instance's own heartbeat did not come back for 3 periods";
-                }
-                let _ = bus.publish(remote, &[], &[], false, true).await;
             }
         }
     }
@@ -221,40 +216,26 @@ async fn listen(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Category;
-    use crate::local::LocalConfig;
 
     #[test]
-    fn notices_from_others_drop_entries_and_bump_the_epoch() {
+    fn notices_name_what_changed() {
         let keys = KeySpace::new("t", "ns").unwrap();
-        let (me, other) = (Bus::new(&keys), Bus::new(&keys));
-        let local = Local::new(LocalConfig {
-            capacity_bytes: 1 << 20,
-            max_ttl: Duration::from_secs(60),
-        });
-        let epoch = Epoch::default();
-        let a = keys.key(&Category::SESSIONS, ["a"]);
-        let b = keys.key(&Category::SESSIONS, ["b"]);
-        for k in [&a, &b] {
-            local.insert(k.as_str(), Arc::from(&b"v"[..]), Duration::from_secs(60));
-        }
-        assert!(me.apply(&me.encode(&[a.as_str()], &[], false), &local, &epoch));
-        assert!(
-            local.get(a.as_str()).is_some(),
-            "own notices are not re-applied"
+        let ch = Channel::new(&keys);
+        assert!(ch.own.starts_with("t:ns:__invalidations:"));
+        assert_ne!(ch.own, Channel::new(&keys).own);
+        let tag = Tag::new("img", ["a"]);
+        let n: Notice =
+            serde_json::from_slice(&ch.notice(&Change::Invalidate(Target::Tags(&[tag])))).unwrap();
+        assert_eq!(
+            (n.from, n.tags.as_slice()),
+            (ch.id, &["img:{a}".to_owned()][..])
         );
-        assert_eq!(epoch.current(), 0);
-        assert!(!me.apply(&other.encode(&[], &[], false), &local, &epoch));
-        assert_eq!(epoch.current(), 0, "a heartbeat changes nothing");
-        me.apply(&other.encode(&[a.as_str()], &[], false), &local, &epoch);
-        assert!(local.get(a.as_str()).is_none());
-        assert!(local.get(b.as_str()).is_some());
-        assert_eq!(epoch.current(), 1);
-        let p = keys.pattern(&Category::SESSIONS, ["b"]);
-        me.apply(&other.encode(&[], &[&p], false), &local, &epoch);
-        assert!(local.get(b.as_str()).is_none());
-        local.insert(a.as_str(), Arc::from(&b"v"[..]), Duration::from_secs(60));
-        me.apply(b"not json", &local, &epoch);
-        assert!(local.get(a.as_str()).is_none(), "garbage clears the tier");
+        assert!(n.keys.is_empty() && !n.clear);
+        let set = [("t:ns:k:{a}", &b"v"[..], Duration::from_secs(1))];
+        let n: Notice = serde_json::from_slice(&ch.notice(&Change::Overwrite(&set))).unwrap();
+        assert_eq!(n.keys, vec!["t:ns:k:{a}".to_owned()]);
+        let n: Notice =
+            serde_json::from_slice(&ch.notice(&Change::Invalidate(Target::Clear))).unwrap();
+        assert!(n.clear);
     }
 }

@@ -1,14 +1,15 @@
-//! The [`Cache`] handle: typed cache-aside over Redis that never fails its caller.
+//! The [`Cache`] handle: the public façade.
 //!
 //! `get`, `get_with`, `try_get_with`, `insert` and `invalidate` treat every Redis problem as a
 //! miss: the failure is logged (rate-limited) and counted, and the caller carries on with its
 //! source of truth. Operations whose answer would be meaningless without Redis (`contains`,
 //! `ttl`, `ping`, pattern invalidation, `clear`) return a [`Result`] instead.
 //!
-//! With an in-process tier (`CacheBuilder::local_capacity`), reads look there first and fill it
-//! from Redis; writes and invalidations drop their entries there and tell the other instances
-//! through the invalidation channel (`bus`).
+//! This file says *what* each operation does: look in the tier, read Redis, coalesce a load,
+//! encode and decode. *Whether* a value may be served or stored, and how a change reaches every
+//! copy, is decided in one place, `coherence`.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,17 +19,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::CacheBuilder;
-use crate::bus::Bus;
 use crate::coalesce::Coalescer;
-use crate::codec::Envelope;
-use crate::epoch::Epoch;
+use crate::codec::{Envelope, LEASE_BYTE, Sealed};
+use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
 use crate::error::{Error, Result};
-use crate::generation::Generation;
-use crate::invalidation::PendingInvalidations;
-use crate::key::{Category, Key, KeySpace, Pattern};
-use crate::local::Local;
+use crate::key::{Category, Key, KeySpace, Pattern, Tag};
 use crate::probe::TaskGuard;
-use crate::remote::Remote;
+use crate::remote::Take;
 use crate::stats::{Counters, LocalStats, Stats};
 use crate::ttl::TtlPolicy;
 
@@ -38,10 +35,10 @@ use crate::ttl::TtlPolicy;
 pub enum CacheStatus {
     /// Read from the in-process tier or from Redis.
     Hit,
-    /// Not in Redis: loaded (by this caller or a coalesced one) and stored.
+    /// Not cached: loaded (by this caller or a coalesced one) and stored.
     Miss,
-    /// Redis was not used (unreachable, circuit open, or the cache is disabled): loaded from the
-    /// source.
+    /// The cache was not used (Redis unreachable, circuit open, or the cache is disabled):
+    /// loaded from the source.
     Bypass,
 }
 
@@ -56,8 +53,34 @@ impl CacheStatus {
     }
 }
 
+/// How a cache stores values, chosen with [`CacheBuilder::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Redis, shared by every instance, with an in-process tier in front of it when
+    /// [`CacheBuilder::local_capacity`] is set. While Redis is away, reads go to the source.
+    #[default]
+    Redis,
+    /// The in-process tier alone, no Redis: for one instance (its own changes are the only
+    /// ones it hears of). Needs a [`CacheBuilder::local_capacity`].
+    Standalone,
+    /// No caching: every read goes to the source.
+    Disabled,
+}
+
+impl Mode {
+    /// `redis`, `standalone` or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Standalone => "standalone",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
 /// A cache handle. Cloning is cheap (one `Arc`); all clones share the connection, the counters
-/// and the in-flight loads. Dropping the last clone stops the background recovery task.
+/// and the in-flight loads. Dropping the last clone stops the background tasks.
 #[derive(Clone, Debug)]
 pub struct Cache {
     inner: Arc<Inner>,
@@ -66,35 +89,43 @@ pub struct Cache {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) keys: KeySpace,
-    /// Shared with the recovery task, which must outlive no cache: it holds the `Arc` but is
-    /// aborted by `_probe` when this `Inner` drops.
-    pub(crate) remote: Arc<Remote>,
+    /// Shared with the background tasks, which the guards below abort when this drops.
+    pub(crate) coherence: Arc<Coherence>,
     /// Shared with `remote`, which counts errors and timeouts.
     pub(crate) counters: Arc<Counters>,
     pub(crate) envelope: Envelope,
     pub(crate) ttl: TtlPolicy,
     pub(crate) loads: Coalescer,
-    /// Shared with the recovery task, which replays these before trusting Redis again.
-    pub(crate) pending: Arc<PendingInvalidations>,
     pub(crate) started: Instant,
-    /// Guards against a slow loader storing a value that an invalidation made stale while it
-    /// was loading: fills hold it shared while they check `epoch` and write; invalidations hold
-    /// it exclusively while they bump `epoch` and delete. A tokio lock because both sides hold it
-    /// across their Redis round trip.
-    pub(crate) fill_guard: tokio::sync::RwLock<()>,
-    /// Advanced by invalidations started by this cache or received from other instances, and by
-    /// clears of the in-process tier. Shared with the channel task.
-    pub(crate) epoch: Arc<Epoch>,
-    /// The in-process tier, if configured.
-    pub(crate) local: Option<Arc<Local>>,
-    /// The invalidation channel, present when the cache is enabled.
-    pub(crate) bus: Option<Arc<Bus>>,
-    /// Held to keep the recovery task alive; `None` when the cache is disabled.
-    pub(crate) _probe: Option<TaskGuard>,
-    /// Held to keep the channel task alive; `None` without an in-process tier.
-    pub(crate) _bus_task: Option<TaskGuard>,
-    /// `false`: a pass-through that never touches Redis and never coalesces.
-    pub(crate) enabled: bool,
+    pub(crate) mode: Mode,
+    /// The recovery probe and the channel's tasks, stopped when the last handle drops.
+    pub(crate) _tasks: Vec<TaskGuard>,
+}
+
+/// A value written with `insert` into a standalone tier, kept encoded.
+struct Encoded(Vec<u8>);
+
+/// What one look for a key found.
+enum Lookup<T> {
+    Hit(T),
+    Miss,
+    /// A value whose tags moved since it was loaded: a miss, and the next load replaces it.
+    Stale,
+}
+
+/// Gives a load's lease back if the load ends without filling (cancelled or failed).
+struct LeaseGuard<'a> {
+    coherence: &'a Coherence,
+    key: &'a Key,
+    lease: Option<Lease>,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.coherence.release(self.key, lease);
+        }
+    }
 }
 
 impl Cache {
@@ -128,17 +159,45 @@ impl Cache {
         &self.inner.ttl
     }
 
-    /// The cached value for `key`, or `None` on a miss. A value that fails to decode is
-    /// deleted and counted as a miss; Redis failures are misses too.
-    pub async fn get<T: DeserializeOwned>(&self, key: &Key) -> Option<T> {
-        self.read(key).await.ok().flatten()
+    /// How this cache stores values.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
     }
 
-    /// Reads, decodes and counts a hit or a miss. `Err` means Redis was not reachable (counted
-    /// as a miss), so that `try_get_with` can skip its remaining Redis calls.
-    async fn read<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
-        let value = self.peek(key).await;
-        self.count_read(key, matches!(value, Ok(Some(_))));
+    fn enabled(&self) -> bool {
+        self.inner.mode != Mode::Disabled
+    }
+
+    fn coherence(&self) -> &Coherence {
+        &self.inner.coherence
+    }
+
+    /// The cached value for `key`, or `None` on a miss. A value that fails to decode is
+    /// deleted and counted as a miss; Redis failures are misses too.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache) {
+    /// use tiercache::Category;
+    /// const IMAGES: Category = Category::from_static("images");
+    /// let key = cache.key(&IMAGES, ["nginx"]);
+    /// let name: Option<String> = cache.get(&key).await;
+    /// # }
+    /// ```
+    pub async fn get<T>(&self, key: &Key) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if !self.enabled() {
+            self.inner.counters.miss(key.category());
+            return None;
+        }
+        let ticket = self.coherence().note(key);
+        let found = self.look(key, &ticket).await;
+        let value = match found {
+            Ok(Lookup::Hit(v)) => Some(v),
+            _ => None,
+        };
+        self.count_read(key, value.is_some());
         value
     }
 
@@ -150,110 +209,80 @@ impl Cache {
         }
     }
 
-    /// Reads and decodes without counting a hit or miss: from the in-process tier if it holds
-    /// the key, else from Redis (filling the tier).
-    async fn peek<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
-        let Some(local) = self.local() else {
-            return Ok(match self.inner.remote.get(key.as_str()).await? {
-                Some(bytes) => self.decode_or_discard(key.as_str(), &bytes).await,
-                None => None,
-            });
-        };
-        if let Some(bytes) = local.get(key.as_str()) {
-            if let Ok(v) = self.inner.envelope.decode(&bytes) {
+    /// Looks for `key` in the tier, then in Redis (filling the tier, with `ticket`), without
+    /// counting a hit or miss. `Err` means Redis was not reachable.
+    async fn look<T>(&self, key: &Key, ticket: &Ticket) -> Result<Lookup<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let c = self.coherence();
+        if let Some(any) = c.tier_get(key) {
+            if let Some(v) = any.downcast_ref::<T>() {
                 self.inner.counters.local_hit();
-                return Ok(Some(v));
+                return Ok(Lookup::Hit(v.clone()));
             }
-            // Another type than the one stored: let the Redis path below decide.
-            local.remove(key.as_str());
+            if let Some(Encoded(bytes)) = any.downcast_ref::<Encoded>()
+                && let Ok(v) = self.inner.envelope.decode::<T>(bytes)
+            {
+                self.inner.counters.local_hit();
+                return Ok(Lookup::Hit(v));
+            }
+            // Another type than the one stored: Redis decides below.
         }
-        let epoch = self.inner.epoch.current();
-        let Some((bytes, ttl)) = self.inner.remote.get_with_ttl(key.as_str()).await? else {
-            return Ok(None);
+        if c.is_standalone() {
+            return Ok(Lookup::Miss);
+        }
+        let tag_keys = c.tag_keys(key);
+        let read = c.remote.read(key.as_str(), c.has_tier(), &tag_keys).await?;
+        let Some(bytes) = read.value else {
+            return Ok(Lookup::Miss);
         };
-        let value = self.decode_or_discard(key.as_str(), &bytes).await;
-        // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
-        if let (Some(_), Some(ttl)) = (&value, ttl) {
-            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
-        }
-        Ok(value)
-    }
-
-    /// The in-process tier, if there is one and it may be used now: its invalidation channel is
-    /// up and the breaker is closed. After the breaker has opened, the tier is cleared before it
-    /// is used again: invalidations may have been missed meanwhile.
-    fn local(&self) -> Option<&Local> {
-        let local = self.inner.local.as_deref()?;
-        let breaker = &self.inner.remote.breaker;
-        if !local.is_live() || !breaker.is_closed() {
-            return None;
-        }
-        let trips = breaker.trips();
-        if local.trips_seen() != trips {
-            self.inner.epoch.advance();
-            local.clear();
-            local.saw_trips(trips);
-            // Had the breaker opened again meanwhile, this clear would not count for it.
-            if !breaker.is_closed() {
-                return None;
-            }
-        }
-        Some(local)
-    }
-
-    /// Puts a value read from Redis when the epoch was `epoch` into the tier, unless the epoch
-    /// moved since (see `epoch`).
-    fn fill_local(&self, local: &Local, key: &str, bytes: Arc<[u8]>, ttl: Duration, epoch: u64) {
-        self.inner
-            .epoch
-            .if_current(epoch, || local.insert(key, bytes, ttl));
-    }
-
-    /// Drops keys from the in-process tier (whether or not it is live: dropping is always safe).
-    fn forget_local(&self, keys: &[&str]) {
-        if let Some(local) = &self.inner.local {
-            for key in keys {
-                local.remove(key);
-            }
-        }
-    }
-
-    /// Tells the other instances to drop `keys` / `patterns` / everything. A notice that cannot
-    /// be sent is owed like a failed invalidation: it is replayed (with the Redis side, which is
-    /// harmless to repeat) before anything is read from Redis again.
-    async fn notify(&self, keys: &[&str], patterns: &[&Pattern], clear: bool) {
-        let Some(bus) = &self.inner.bus else {
-            return;
-        };
-        if let Err(e) = bus
-            .publish(&self.inner.remote, keys, patterns, clear, true)
-            .await
+        let found = self.open::<T>(key, &bytes, &read.tag_versions).await?;
+        if let Lookup::Hit(v) = &found
+            && let Some(ttl) = read.ttl
         {
-            let pending = &self.inner.pending;
-            if clear {
-                pending.record_pattern(&self.inner.keys.namespace_pattern());
-            }
-            keys.iter().for_each(|k| pending.record_key(k));
-            patterns.iter().for_each(|p| pending.record_pattern(p));
-            self.owe_invalidation();
-            log_deferred(&e, "invalidation channel", "notice to other instances");
+            // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
+            c.tier_fill(key, ticket, Arc::new(v.clone()), bytes.len(), ttl);
+        }
+        Ok(found)
+    }
+
+    /// Turns bytes read from Redis into a value: a lease is a miss, a value whose tags moved is
+    /// stale, one that does not decode is deleted.
+    async fn open<T: DeserializeOwned>(
+        &self,
+        key: &Key,
+        bytes: &[u8],
+        tag_versions: &[Option<Vec<u8>>],
+    ) -> Result<Lookup<T>> {
+        if bytes.first() == Some(&LEASE_BYTE) {
+            return Ok(Lookup::Miss);
+        }
+        let sealed = match Sealed::open(bytes) {
+            Ok(sealed) => sealed,
+            Err(e) => return Ok(self.discard(key, &e).await),
+        };
+        if !self
+            .coherence()
+            .is_current(key, &sealed, tag_versions)
+            .await?
+        {
+            return Ok(Lookup::Stale);
+        }
+        match sealed.decode() {
+            Ok(v) => Ok(Lookup::Hit(v)),
+            Err(e) => Ok(self.discard(key, &e).await),
         }
     }
 
-    async fn decode_or_discard<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
-        match self.inner.envelope.decode(bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "cached value does not decode; deleting it");
-                // Best effort: if this fails, the next read finds the same bytes and tries again.
-                let _ = self.inner.remote.unlink(&[key], true).await;
-                None
-            }
-        }
+    async fn discard<T>(&self, key: &Key, e: &Error) -> Lookup<T> {
+        tracing::warn!(key = key.as_str(), error = %e, "cached value does not decode; deleting it");
+        // Best effort: if this fails, the next read finds the same bytes and tries again.
+        let _ = self.coherence().remote.unlink(&[key.as_str()]).await;
+        Lookup::Miss
     }
 
-    /// Stores `value` under `key` with its category's TTL (with jitter): one round trip that moves
-    /// the category's invalidation generation and then `SET ... PX`s the value.
+    /// Stores `value` under `key` with its category's TTL (with jitter), in one `SET ... PX`.
     /// Failures are logged and counted, never returned.
     pub async fn insert<T: Serialize + ?Sized>(&self, key: &Key, value: &T) {
         let ttl = self.inner.ttl.ttl(key.category());
@@ -271,82 +300,97 @@ impl Cache {
         value: &T,
         ttl: Duration,
     ) {
-        if !self.inner.enabled {
-            return;
-        }
-        let stored = match self.encode(key.as_str(), value) {
-            Some(bytes) => {
-                self.invalidating(
-                    || self.forget_local(&[key.as_str()]),
-                    self.inner.remote.set(key.as_str(), &bytes, ttl),
-                )
-                .await
-            }
-            None => Err(Error::Unavailable),
-        };
-        if stored.is_err() {
-            self.invalidate(key).await;
-            return;
-        }
-        self.inner.counters.sets(1);
-        self.notify(&[key.as_str()], &[], false).await;
+        self.write(&[(key, value, ttl)]).await;
     }
 
-    /// Stores a value loaded by `get_with` with its category's TTL, unless the generation moved
-    /// since `noted` (an invalidation by any instance), and without telling other instances:
-    /// their tiers cannot hold this key, or it would not have been missing here.
-    async fn store<T: Serialize + ?Sized>(
-        &self,
-        key: &Key,
-        value: &T,
-        noted: &Generation,
-    ) -> Option<(Vec<u8>, Duration)> {
-        let ttl = self.inner.ttl.ttl(key.category());
-        let bytes = self.encode(key.as_str(), value)?;
-        match self
-            .inner
-            .remote
-            .set_if_generation(key.as_str(), &bytes, ttl, noted)
-            .await
-        {
-            Ok(true) => {
-                self.inner.counters.sets(1);
-                Some((bytes, ttl))
-            }
-            Ok(false) => {
-                tracing::debug!(
-                    key = key.as_str(),
-                    "an invalidation (maybe by another instance) ran during the load; not storing its value"
-                );
-                None
-            }
-            Err(_) => None,
-        }
+    /// Stores many values in one round trip (a pipeline of `SET ... PX`), each with its
+    /// category's TTL.
+    pub async fn insert_many<T: Serialize>(&self, entries: &[(Key, T)]) {
+        let entries: Vec<(&Key, &T, Duration)> = entries
+            .iter()
+            .map(|(k, v)| (k, v, self.inner.ttl.ttl(k.category())))
+            .collect();
+        self.write(&entries).await;
     }
 
-    fn encode<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Option<Vec<u8>> {
-        match self.inner.envelope.encode(value) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                self.inner.counters.error();
-                tracing::warn!(key, error = %e, "value cannot be encoded; not cached");
-                None
+    /// Overwrites (`insert`s): values and tags encoded, then one change.
+    async fn write<T: Serialize + ?Sized>(&self, entries: &[(&Key, &T, Duration)]) {
+        if !self.enabled() || entries.is_empty() {
+            return;
+        }
+        let c = self.coherence();
+        let mut encoded: Vec<(&Key, Vec<u8>, Duration)> = Vec::with_capacity(entries.len());
+        for (key, value, ttl) in entries {
+            if !self.tags_fit(key) {
+                break;
             }
+            let versions = match c.tag_versions_for_write(key, *ttl).await {
+                Ok(v) => v,
+                Err(_) => break,
+            };
+            let tags: Vec<(&str, &str)> = key
+                .tags()
+                .iter()
+                .zip(&versions)
+                .map(|(t, v)| (t.as_str(), std::str::from_utf8(v).unwrap_or("")))
+                .collect();
+            match self.inner.envelope.encode_tagged(*value, &tags) {
+                Ok(bytes) => encoded.push((key, bytes, *ttl)),
+                Err(e) => {
+                    self.inner.counters.error();
+                    tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
+                    break;
+                }
+            }
+        }
+        let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
+        if encoded.len() < entries.len() {
+            // Some old values may remain: invalidate them all (replayed later if need be).
+            let _ = c.apply(Change::Invalidate(Target::Keys(&keys))).await;
+            return;
+        }
+        if c.is_standalone() {
+            let _ = c.apply(Change::Invalidate(Target::Keys(&keys))).await;
+            // The tier is the store: the new values go in after the old ones were dropped,
+            // unless another change of the key came in between. They stay encoded (the reader's
+            // type is not known here) and are decoded on each read.
+            for (key, bytes, ttl) in encoded {
+                let ticket = c.note(key);
+                let weight = bytes.len();
+                if c.tier_fill(key, &ticket, Arc::new(Encoded(bytes)), weight, ttl) {
+                    self.inner.counters.sets(1);
+                }
+            }
+            return;
+        }
+        let overwrites: Vec<(&str, &[u8], Duration)> = encoded
+            .iter()
+            .map(|(k, b, t)| (k.as_str(), b.as_slice(), *t))
+            .collect();
+        if c.apply(Change::Overwrite(&overwrites)).await.is_ok() {
+            self.inner.counters.sets(overwrites.len() as u64);
         }
     }
 
     /// Values for many keys in one round trip (`MGET`), in the order of `keys`.
     ///
     /// Keys found in the in-process tier are not asked of Redis; the others are not added to
-    /// the tier (a batch read does not learn their remaining TTLs).
-    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[Key]) -> Vec<Option<T>> {
+    /// the tier (a batch read does not learn their remaining TTLs). A tagged value costs one
+    /// more round trip for the versions of its tags.
+    pub async fn get_many<T>(&self, keys: &[Key]) -> Vec<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let c = self.coherence();
         let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
         let mut remote_names = Vec::new();
-        let local = self.local();
         for key in keys {
-            let found = local
-                .and_then(|l| l.get(key.as_str()))
-                .and_then(|bytes| self.inner.envelope.decode(&bytes).ok());
+            let found = if self.enabled() {
+                c.tier_get(key)
+                    .and_then(|any| any.downcast_ref::<T>().cloned())
+            } else {
+                None
+            };
             if found.is_some() {
                 self.inner.counters.local_hit();
             } else {
@@ -354,55 +398,24 @@ impl Cache {
             }
             out.push(found);
         }
-        let mut raw = self
-            .inner
-            .remote
-            .mget(&remote_names)
-            .await
-            .unwrap_or_else(|_| vec![None; remote_names.len()])
+        let raw = if self.enabled() && !c.is_standalone() {
+            c.remote.mget(&remote_names).await.ok()
+        } else {
+            None
+        };
+        let mut raw = raw
+            .unwrap_or_else(|| vec![None; remote_names.len()])
             .into_iter();
         for (key, slot) in keys.iter().zip(out.iter_mut()) {
             if slot.is_none()
-                && let Some(Some(b)) = raw.next()
+                && let Some(Some(bytes)) = raw.next()
+                && let Ok(Lookup::Hit(v)) = self.open::<T>(key, &bytes, &[]).await
             {
-                *slot = self.decode_or_discard(key.as_str(), &b).await;
+                *slot = Some(v);
             }
             self.count_read(key, slot.is_some());
         }
         out
-    }
-
-    /// Stores many values in one round trip (a pipeline of `SET ... PX`), each with its
-    /// category's TTL.
-    pub async fn insert_many<T: Serialize>(&self, entries: &[(Key, T)]) {
-        if !self.inner.enabled {
-            return;
-        }
-        let encoded: Vec<(&str, Vec<u8>, Duration)> = entries
-            .iter()
-            .filter_map(|(key, value)| {
-                let bytes = self.encode(key.as_str(), value)?;
-                Some((key.as_str(), bytes, self.inner.ttl.ttl(key.category())))
-            })
-            .collect();
-        let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
-        let stored = encoded.len() == entries.len()
-            && self
-                .invalidating(
-                    || self.forget_local(&names),
-                    self.inner.remote.set_many(&encoded),
-                )
-                .await
-                .is_ok();
-        if stored {
-            self.inner.counters.sets(encoded.len() as u64);
-            self.notify(&names, &[], false).await;
-        } else {
-            // Some old values may remain: invalidate them all (replayed later if need be).
-            for (key, _) in entries {
-                self.invalidate(key).await;
-            }
-        }
     }
 
     /// The cached value, or the value of `init`, which is then cached.
@@ -410,6 +423,18 @@ impl Cache {
     /// Concurrent callers for one key in this process run one `init` between them and share its
     /// value. If the running caller is cancelled, a waiting caller runs its own `init` (see
     /// [`try_get_with`](Self::try_get_with)).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache) {
+    /// use tiercache::{Category, Tag};
+    /// const IMAGES: Category = Category::from_static("images");
+    /// // Tagged, so that `cache.invalidate_tag(&Tag::new("image", ["nginx"]))` reaches it.
+    /// let key = cache
+    ///     .key(&IMAGES, ["nginx", "latest"])
+    ///     .with_tags([Tag::new("image", ["nginx"])]);
+    /// let digest: String = cache.get_with(&key, async { "sha256:…".to_string() }).await;
+    /// # }
+    /// ```
     pub async fn get_with<T, F>(&self, key: &Key, init: F) -> T
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -431,14 +456,27 @@ impl Cache {
     /// the waiters wake and one of them runs its own `init`, so none is stranded. If Redis is
     /// unreachable, loads still coalesce and every caller still gets a value.
     ///
-    /// A value is not stored if, while `init` ran, this cache started an invalidation, or any
-    /// instance invalidated or overwrote a key of the same category or cleared the namespace:
-    /// the value may predate the write that caused it, and storing it would undo the
-    /// invalidation. Callers that joined such a load after its `init` started then run their own
-    /// (coalesced among themselves) instead of sharing a value that may predate a write they saw
+    /// A value is not stored if, while `init` ran, its key was invalidated or overwritten (by
+    /// any instance), one of its tags was invalidated, or a pattern or clear covered it: it may
+    /// predate the write that caused the change, and storing it would undo the invalidation.
+    /// Callers that joined such a load after its `init` started then run their own (coalesced
+    /// among themselves) instead of sharing a value that may predate a write they saw
     /// acknowledged; those that joined before share it, since it was read after they arrived.
     /// While Redis is unreachable, other instances' invalidations cannot be seen, and all
     /// callers of a load share its value.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache) {
+    /// # async fn load_from_db(id: u64) -> Result<String, std::io::Error> { Ok(id.to_string()) }
+    /// use tiercache::Category;
+    /// const SCANS: Category = Category::from_static("scans");
+    /// let key = cache.key(&SCANS, ["42"]);
+    /// match cache.try_get_with(&key, load_from_db(42)).await {
+    ///     Ok(scan) => println!("{scan}"),
+    ///     Err(e) => eprintln!("shared by every caller of this load: {e}"),
+    /// }
+    /// # }
+    /// ```
     pub async fn try_get_with<T, E, F>(&self, key: &Key, init: F) -> Result<T, Arc<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -450,6 +488,7 @@ impl Cache {
 
     /// [`try_get_with`](Self::try_get_with), also telling where the value came from (for an
     /// `X-Cache` header).
+    #[tracing::instrument(level = "trace", skip_all, fields(key = key.as_str()))]
     pub async fn try_get_with_status<T, E, F>(
         &self,
         key: &Key,
@@ -460,7 +499,7 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>>,
     {
-        if !self.inner.enabled {
+        if !self.enabled() {
             // A disabled cache is a plain pass-through: no Redis, no coalescing.
             self.inner.counters.miss(key.category());
             self.inner.counters.loader_run();
@@ -469,222 +508,288 @@ impl Cache {
                 .map(|v| (v, CacheStatus::Bypass))
                 .map_err(Arc::new);
         }
-        // Read before anything else: callers that arrive after an invalidation never join a
-        // load that began before it (the flight is named by the epoch). The leader notes the
-        // epoch again before it loads, for deciding whether to store.
-        let epoch = self.inner.epoch.current();
+        // Noted before anything else: callers that arrive after a change never join a load
+        // that began before it (the flight is named by the ticket).
+        let ticket = self.coherence().note(key);
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
-        let reachable = match self.read(key).await {
-            Ok(Some(v)) => return Ok((v, CacheStatus::Hit)),
-            Ok(None) => true,
-            Err(_) => false,
+        let (reachable, take) = match self.look(key, &ticket).await {
+            Ok(Lookup::Hit(v)) => {
+                self.count_read(key, true);
+                return Ok((v, CacheStatus::Hit));
+            }
+            Ok(Lookup::Miss) => (true, Take::IfEmpty),
+            Ok(Lookup::Stale) => (true, Take::Replacing),
+            Err(_) => (false, Take::IfEmpty),
         };
-        let flight = flight_name(epoch, key);
+        self.count_read(key, false);
+        let flight = ticket.flight(key);
         self.inner
             .loads
             .run(&flight, |publish| async move {
-                // Noted again now: only invalidations from here on can make our value stale.
-                let epoch = self.inner.epoch.current();
-                // A load that finished between our miss and our taking the lead has stored its
-                // value: use it rather than load again. The same round trip notes the
-                // generation that our value will be stored against.
-                let mut noted = None;
-                if reachable {
-                    match self.inner.remote.get_noting_generation(key.as_str()).await {
-                        Ok((Some(bytes), generation)) => {
-                            if let Some(v) = self.decode_or_discard(key.as_str(), &bytes).await {
-                                return Ok((v, CacheStatus::Miss));
-                            }
-                            noted = Some(generation);
-                        }
-                        Ok((None, generation)) => noted = Some(generation),
-                        Err(_) => {}
-                    }
-                }
-                self.inner.counters.loader_run();
-                let load_started = Instant::now();
-                let value = init.await.map_err(Arc::new)?;
-                let Some(noted) = noted else {
-                    // Redis is away: shared with every waiter (see the method docs).
-                    return Ok((value, CacheStatus::Bypass));
-                };
-                let filled = self.fill(key, &value, epoch, &noted).await;
-                let result = Ok((value, CacheStatus::Miss));
-                if !filled {
-                    // An invalidation overlapped the load, or the store failed so that we cannot
-                    // tell: the value read from the source after a waiter arrived is good for
-                    // that waiter, not for one who may have arrived after the invalidation.
-                    publish.publish_until(result.clone(), load_started);
-                }
-                result
+                self.lead(key, reachable, take, init, |result, started| {
+                    publish.publish_until(result, started)
+                })
+                .await
             })
             .await
     }
 
-    /// Stores a loaded value unless an invalidation started since `epoch` was read here, or since
-    /// `noted` anywhere; returns whether it was stored.
-    async fn fill<T: Serialize>(
+    /// The leader's part of a load: lease, load, fill. `refused` hands the result to the waiters
+    /// that joined before the load began (see [`try_get_with`](Self::try_get_with)).
+    async fn lead<T, E, F>(
         &self,
         key: &Key,
-        value: &T,
-        epoch: u64,
-        noted: &Generation,
-    ) -> bool {
-        let _shared = self.inner.fill_guard.read().await;
-        if self.inner.epoch.current() != epoch {
-            tracing::debug!(
-                key = key.as_str(),
-                "an invalidation ran during the load; not storing its value"
-            );
-            return false;
-        }
-        let Some((bytes, ttl)) = self.store(key, value, noted).await else {
-            return false;
+        reachable: bool,
+        mut take: Take,
+        init: F,
+        refused: impl FnOnce(Result<(T, CacheStatus), Arc<E>>, Instant),
+    ) -> Result<(T, CacheStatus), Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>>,
+    {
+        let c = self.coherence();
+        // Noted again now: only changes from here on can make our value stale.
+        let ticket = c.note(key);
+        let ttl = self.inner.ttl.ttl(key.category());
+        // Whether the value may be shared with every waiter however late it joined: only when
+        // Redis is away (no instance's change can be seen then) or it will be stored.
+        let mut status = CacheStatus::Miss;
+        let mut guard = LeaseGuard {
+            coherence: c,
+            key,
+            lease: None,
         };
-        if let Some(local) = self.local() {
-            self.fill_local(local, key.as_str(), bytes.into(), ttl, epoch);
+        if c.is_standalone() {
+            // The tier is the store: nothing to lease.
+        } else if !reachable {
+            status = CacheStatus::Bypass;
+        } else {
+            // A load that finished between our miss and our taking the lead stored its value:
+            // use it rather than load again. At most twice: a stale value is replaced.
+            for _ in 0..2 {
+                match c.lease(key, ttl, take).await {
+                    Ok(Leasing::Leased(lease)) => {
+                        guard.lease = Some(lease);
+                        break;
+                    }
+                    Ok(Leasing::Found(bytes)) => match self.open::<T>(key, &bytes, &[]).await {
+                        Ok(Lookup::Hit(v)) => return Ok((v, CacheStatus::Miss)),
+                        Ok(Lookup::Stale) => take = Take::Replacing,
+                        Ok(Lookup::Miss) => take = Take::IfEmpty,
+                        Err(_) => break,
+                    },
+                    Err(e) => {
+                        if e.is_unreachable() {
+                            status = CacheStatus::Bypass;
+                        }
+                        break;
+                    }
+                }
+            }
         }
-        true
+        self.inner.counters.loader_run();
+        let started = Instant::now();
+        let value = init.await.map_err(Arc::new)?;
+        let stored = self
+            .fill(key, &ticket, guard.lease.as_ref(), &value, ttl)
+            .await;
+        if stored {
+            guard.lease = None;
+        }
+        let result = Ok((value, status));
+        if !stored && status != CacheStatus::Bypass {
+            // A change overlapped the load, or the store failed so that we cannot tell: the
+            // value read from the source after a waiter arrived is good for that waiter, not for
+            // one who may have arrived after the change.
+            refused(result.clone(), started);
+        }
+        result
     }
 
-    /// Runs a change of Redis (`f`: a delete or an overwrite) exclusively of fills, and drops its
-    /// entries from the in-process tier (`drop_local`) both before and after it, each time after
-    /// bumping the epoch.
-    ///
-    /// Before: the change has started, so no fill that loaded earlier may store its value, and
-    /// this process stops serving the old one. After: a read whose Redis command was sent
-    /// before the change was applied can have seen the old value *and* the first bump, so it
-    /// would pass `fill_local`'s check; the second bump fails it (or the second drop removes
-    /// its entry), and the callers that start after this returns name a new coalescing flight,
-    /// so none of them joins a load that may have read the old value.
-    async fn invalidating<R>(&self, drop_local: impl Fn(), f: impl Future<Output = R>) -> R {
-        let _exclusive = self.inner.fill_guard.write().await;
-        self.inner.epoch.advance();
-        drop_local();
-        let result = f.await;
-        self.inner.epoch.advance();
-        drop_local();
-        result
+    /// Encodes a loaded value with its tags' noted versions and stores it (see `coherence`).
+    async fn fill<T>(
+        &self,
+        key: &Key,
+        ticket: &Ticket,
+        lease: Option<&Lease>,
+        value: &T,
+        ttl: Duration,
+    ) -> bool
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+    {
+        let c = self.coherence();
+        if lease.is_none() && !c.is_standalone() || !self.tags_fit(key) {
+            return false;
+        }
+        let versions = lease.map(|l| l.tag_versions.as_slice()).unwrap_or(&[]);
+        let tags: Vec<(&str, &str)> = key
+            .tags()
+            .iter()
+            .zip(versions)
+            .map(|(t, v)| (t.as_str(), std::str::from_utf8(v).unwrap_or("")))
+            .collect();
+        let bytes = match self.inner.envelope.encode_tagged(value, &tags) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.inner.counters.error();
+                tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
+                return false;
+            }
+        };
+        let decoded: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+        c.fill(key, ticket, lease, &bytes, ttl, decoded).await
+    }
+
+    /// Whether `key`'s tags fit in an entry; if not, says so (a value is then never stored).
+    fn tags_fit(&self, key: &Key) -> bool {
+        if key.tags_fit() {
+            return true;
+        }
+        self.inner.counters.error();
+        tracing::warn!(
+            key = key.as_str(),
+            tags = key.tags().len(),
+            "more tags than an entry can carry ({}); not stored",
+            crate::MAX_TAGS
+        );
+        false
     }
 
     /// Removes `key`. Never fails: if Redis cannot be reached the invalidation is kept and
     /// applied before anything is read from Redis again (see `invalidation`).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache, key: tiercache::Key) {
+    /// // After the write to the source has committed:
+    /// cache.invalidate(&key).await;
+    /// # }
+    /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(key = key.as_str()))]
     pub async fn invalidate(&self, key: &Key) {
-        let _ = self.unlink_key(key.as_str()).await;
+        let _ = self.invalidate_keys(&[key.as_str()]).await;
     }
 
-    /// Removes one key, exclusively of fills; a failure is recorded for replay. Returns how
-    /// many keys were removed (0 or 1).
-    async fn unlink_key(&self, key: &str) -> Result<u64> {
-        if !self.inner.enabled {
+    /// Removes keys; returns how many were removed. A failure is owed (see `invalidation`).
+    async fn invalidate_keys(&self, keys: &[&str]) -> Result<u64> {
+        if !self.enabled() {
             return Ok(0);
         }
         let result = self
-            .invalidating(
-                || self.forget_local(&[key]),
-                self.inner.remote.invalidate_keys(&[key], true),
-            )
+            .coherence()
+            .apply(Change::Invalidate(Target::Keys(keys)))
             .await;
         match &result {
             Ok(removed) => {
                 self.inner.counters.deletes(*removed);
-                tracing::info!(key, removed, "invalidated key");
-                self.notify(&[key], &[], false).await;
+                tracing::info!(keys = ?keys, removed, "invalidated");
             }
-            Err(e) => {
-                self.inner.pending.record_key(key);
-                self.owe_invalidation();
-                log_deferred(e, key, "invalidation");
-            }
+            Err(e) => log_deferred(e, &keys.join(" "), "invalidation"),
         }
         result
     }
 
+    /// Makes every entry that carries `tag` stale, in every instance: one Redis command (the
+    /// tag's version is removed) however many entries carry it. Never fails: if Redis cannot be
+    /// reached the invalidation is kept and replayed before anything is read from Redis again.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache) {
+    /// cache.invalidate_tag(&tiercache::Tag::new("image", ["nginx"])).await;
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &Tag) {
+        self.invalidate_tags(std::slice::from_ref(tag)).await;
+    }
+
+    /// [`invalidate_tag`](Self::invalidate_tag) for several tags, in one round trip.
+    #[tracing::instrument(level = "debug", skip_all, fields(tags = tags.len()))]
+    pub async fn invalidate_tags(&self, tags: &[Tag]) {
+        if !self.enabled() || tags.is_empty() {
+            return;
+        }
+        match self
+            .coherence()
+            .apply(Change::Invalidate(Target::Tags(tags)))
+            .await
+        {
+            Ok(_) => {
+                self.inner.counters.tag_invalidations(tags.len() as u64);
+                tracing::info!(tags = ?tags.iter().map(Tag::as_str).collect::<Vec<_>>(), "invalidated tags");
+            }
+            Err(e) => log_deferred(&e, "tags", "tag invalidation"),
+        }
+    }
+
     /// Removes every key matching `pattern` (SCAN + UNLINK in batches, never KEYS) and returns
     /// how many were removed. On failure the invalidation is also kept and applied before
-    /// anything is read from Redis again.
+    /// anything is read from Redis again; until then, instances that still reach Redis may read
+    /// keys the sweep had not reached (tags have no such window).
     pub async fn invalidate_pattern(&self, pattern: &Pattern) -> Result<u64> {
         self.check_pattern(pattern)?;
-        self.unlink_matching(pattern, "invalidated keys by pattern")
-            .await
+        self.sweep(
+            Target::Pattern(pattern),
+            pattern,
+            "invalidated keys by pattern",
+        )
+        .await
     }
 
     /// Removes every key of this cache's namespace, and nothing else (never FLUSHDB).
     pub async fn clear(&self) -> Result<u64> {
         let pattern = self.inner.keys.namespace_pattern();
-        self.unlink_matching(&pattern, "cleared namespace").await
+        self.sweep(Target::Clear, &pattern, "cleared namespace")
+            .await
     }
 
-    async fn unlink_matching(&self, pattern: &Pattern, what: &'static str) -> Result<u64> {
-        if !self.inner.enabled {
+    async fn sweep(&self, target: Target<'_>, pattern: &Pattern, what: &str) -> Result<u64> {
+        if !self.enabled() {
             return Ok(0);
         }
-        let clear = *pattern == self.inner.keys.namespace_pattern();
-        let result = self
-            .invalidating(
-                || match (&self.inner.local, clear) {
-                    (Some(local), true) => local.clear(),
-                    (Some(local), false) => local.remove_matching(pattern),
-                    (None, _) => {}
-                },
-                self.inner.remote.unlink_matching(pattern, true),
-            )
-            .await;
-        match result {
+        let result = self.coherence().apply(Change::Invalidate(target)).await;
+        match &result {
             Ok(removed) => {
-                self.inner.counters.deletes(removed);
+                self.inner.counters.deletes(*removed);
                 tracing::info!(pattern = pattern.as_str(), removed, "{what}");
-                if clear {
-                    self.notify(&[], &[], true).await;
-                } else {
-                    self.notify(&[], &[pattern], false).await;
-                }
-                Ok(removed)
             }
-            Err(e) => {
-                self.inner.pending.record_pattern(pattern);
-                self.owe_invalidation();
-                log_deferred(&e, pattern.as_str(), what);
-                Err(e)
-            }
+            Err(e) => log_deferred(e, pattern.as_str(), what),
         }
+        result
     }
 
-    /// After a failed invalidation: Redis may still hold the value, so stop reading from it
-    /// until the recovery task has replayed what is owed (it replays before closing the
-    /// breaker). Called after the invalidation was recorded, so if recovery closed the breaker
-    /// in between, this reopens it and recovery runs again.
-    fn owe_invalidation(&self) {
-        self.inner.remote.breaker.trip();
-    }
-
-    /// Whether `key` is in Redis.
+    /// Whether `key` holds a value in Redis (or, standalone, in the tier).
     pub async fn contains(&self, key: &Key) -> Result<bool> {
-        self.inner.remote.exists(key.as_str()).await
+        let c = self.coherence();
+        if c.is_standalone() {
+            return Ok(c.tier_get(key).is_some());
+        }
+        c.remote.contains(key.as_str()).await
     }
 
-    /// Remaining TTL of `key`; `None` if it is absent or has no expiry.
+    /// Remaining TTL of `key` in Redis; `None` if it is absent or has no expiry.
     pub async fn ttl(&self, key: &Key) -> Result<Option<Duration>> {
-        self.inner.remote.pttl(key.as_str()).await
+        self.coherence().remote.pttl(key.as_str()).await
     }
 
     /// Size in bytes of the stored (encoded) value of a raw key of this namespace; 0 if absent.
     pub async fn stored_size(&self, raw_key: &str) -> Result<u64> {
         self.check_raw(raw_key)?;
-        self.inner.remote.strlen(raw_key).await
+        self.coherence().remote.strlen(raw_key).await
     }
 
     /// Remaining TTL of a raw key of this namespace (as listed by [`keys`](Self::keys)).
     pub async fn raw_ttl(&self, raw_key: &str) -> Result<Option<Duration>> {
         self.check_raw(raw_key)?;
-        self.inner.remote.pttl(raw_key).await
+        self.coherence().remote.pttl(raw_key).await
     }
 
     /// Removes a raw key of this namespace; returns whether it existed.
     pub async fn invalidate_raw(&self, raw_key: &str) -> Result<bool> {
         self.check_raw(raw_key)?;
-        Ok(self.unlink_key(raw_key).await? > 0)
+        Ok(self.invalidate_keys(&[raw_key]).await? > 0)
     }
 
     fn check_pattern(&self, pattern: &Pattern) -> Result<()> {
@@ -701,9 +806,8 @@ impl Cache {
     /// Number of callers waiting for the load of `key` now in flight in this process (0 when
     /// none is). For diagnostics and tests.
     pub fn loads_waiting(&self, key: &Key) -> usize {
-        self.inner
-            .loads
-            .waiters(&flight_name(self.inner.epoch.current(), key))
+        let flight = self.coherence().note(key).flight(key);
+        self.inner.loads.waiters(&flight)
     }
 
     fn check_raw(&self, raw_key: &str) -> Result<()> {
@@ -720,17 +824,17 @@ impl Cache {
     /// Up to `limit` keys matching `pattern`, found with SCAN.
     pub async fn keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
         self.check_pattern(pattern)?;
-        self.inner.remote.scan_keys(pattern, limit).await
+        self.coherence().remote.scan_keys(pattern, limit).await
     }
 
     /// Round-trip time of a PING. Fails at once while the circuit breaker is open.
     pub async fn ping(&self) -> Result<Duration> {
-        self.inner.remote.ping().await
+        self.coherence().remote.ping().await
     }
 
     /// Whether the cache is using Redis (the circuit breaker is closed).
     pub fn is_connected(&self) -> bool {
-        self.inner.remote.breaker.is_closed()
+        self.inner.mode == Mode::Redis && self.coherence().remote.breaker.is_closed()
     }
 
     /// A snapshot of the statistics. The Redis-side fields (memory, evictions, key count) are
@@ -738,18 +842,18 @@ impl Cache {
     pub async fn stats(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.uptime = self.inner.started.elapsed();
+        stats.mode = self.inner.mode.as_str();
         stats.local = self.local_stats();
         // Skipped while the breaker is open, so reading stats does not count short circuits.
         if !self.is_connected() {
             return stats;
         }
-        if let Ok(info) = self.inner.remote.info().await {
+        let remote = &self.coherence().remote;
+        if let Ok(info) = remote.info().await {
             stats.evicted_keys = info.evicted_keys;
             stats.used_memory_bytes = info.used_memory;
             stats.used_memory_human = info.used_memory_human;
-            stats.keys = self
-                .inner
-                .remote
+            stats.keys = remote
                 .count_matching(&self.inner.keys.namespace_pattern())
                 .await
                 .ok();
@@ -759,26 +863,23 @@ impl Cache {
     }
 
     fn local_stats(&self) -> Option<LocalStats> {
-        let local = self.inner.local.as_deref()?;
+        let c = self.coherence();
+        let (entries, size_bytes, evictions, lapses, channel_losses) = c.tier_figures()?;
         Some(LocalStats {
-            live: local.is_live() && self.is_connected(),
-            entries: local.entry_count(),
-            size_bytes: local.size_bytes(),
-            evictions: local.evictions(),
-            channel_losses: local.channel_losses(),
+            live: c.tier_live(),
+            entries,
+            size_bytes,
+            evictions,
+            lapses,
+            channel_losses,
         })
     }
 }
 
-/// The coalescing name of a load of `key` that started at invalidation `epoch`.
-fn flight_name(epoch: u64, key: &Key) -> String {
-    format!("{epoch}#{}", key.as_str())
-}
-
-/// Logs an invalidation that will be replayed later. While the breaker is open the outage has
-/// been logged already, so each deferral is only a debug line: an outage must not flood the log.
+/// Logs a change that will be replayed later. While the breaker is open the outage has been
+/// logged already, so each deferral is only a debug line: an outage must not flood the log.
 fn log_deferred(e: &Error, target: &str, what: &str) {
-    if e.is_unavailable() {
+    if e.is_unreachable() {
         tracing::debug!(target, "{what}: deferred until redis answers");
     } else {
         tracing::warn!(target, error = %e, "{what}: deferred until redis answers");
@@ -800,6 +901,7 @@ mod tests {
         assert_send(&cache.get_with(&key, async { String::new() }));
         assert_send(&cache.try_get_with(&key, async { Ok::<_, std::io::Error>(String::new()) }));
         assert_send(&cache.invalidate(&key));
+        assert_send(&cache.invalidate_tag(&Tag::new("t", ["x"])));
         assert_send(&cache.get_many::<String>(std::slice::from_ref(&key)));
         assert_send(&cache.insert_many(&[(key.clone(), 1u8)]));
         assert_send(&cache.stats());

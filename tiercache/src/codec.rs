@@ -4,9 +4,17 @@
 //!
 //! | byte | meaning |
 //! |------|---------|
-//! | 0    | envelope version, [`ENVELOPE_VERSION`] |
+//! | 0    | envelope version: [`ENVELOPE_VERSION`] (1) for an untagged value, 2 for a tagged one |
 //! | 1    | codec id: 1 postcard, 2 MessagePack, 3 JSON |
 //! | 2    | compression id: 0 none, 1 LZ4 (size-prepended block) |
+//!
+//! A tagged value (version 2) continues with the tags it carries and the version each tag had
+//! when the value was loaded: a count byte (1 to [`MAX_TAGS`](crate::MAX_TAGS)), then per tag a
+//! little-endian `u16` length and the encoded tag, a `u8` length and the version. The payload
+//! follows. A reader compares those versions with the tags' current ones (see `coherence`).
+//!
+//! Byte 0 is never 0 in a value: a stored string starting with 0 is a load lease (see
+//! `coherence`), which readers treat as a miss and never delete.
 //!
 //! Decoding reads the codec from the header, not from the configuration, so switching a cache's
 //! codec keeps existing entries readable. Anything that does not decode (an unknown version,
@@ -23,10 +31,15 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// The envelope format version written in byte 0.
+/// The envelope format version written in byte 0 of an untagged value.
 pub const ENVELOPE_VERSION: u8 = 1;
 
-const HEADER_LEN: usize = 3;
+/// Byte 0 of a tagged value.
+const TAGGED_VERSION: u8 = 2;
+
+/// Byte 0 of a load lease, which is stored where a value would be but is not one.
+pub(crate) const LEASE_BYTE: u8 = 0;
+
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_LZ4: u8 = 1;
 
@@ -101,15 +114,48 @@ impl Envelope {
         }
     }
 
+    /// An untagged value.
+    #[cfg(test)]
     pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        self.encode_tagged(value, &[])
+    }
+
+    /// A value carrying `tags`, each with the version it had when the value was read from the
+    /// source (untagged when `tags` is empty).
+    pub(crate) fn encode_tagged<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(&[ENVELOPE_VERSION, self.codec.id(), COMPRESSION_NONE]);
+        let version = if tags.is_empty() {
+            ENVELOPE_VERSION
+        } else {
+            TAGGED_VERSION
+        };
+        out.extend_from_slice(&[version, self.codec.id(), COMPRESSION_NONE]);
+        if !tags.is_empty() {
+            let count = u8::try_from(tags.len())
+                .map_err(|_| Error::Encode(format!("{} tags on one value", tags.len())))?;
+            out.push(count);
+            for (tag, tag_version) in tags {
+                let len = u16::try_from(tag.len())
+                    .map_err(|_| Error::Encode(format!("tag of {} bytes", tag.len())))?;
+                let vlen = u8::try_from(tag_version.len())
+                    .map_err(|_| Error::Encode("tag version too long".into()))?;
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(tag.as_bytes());
+                out.push(vlen);
+                out.extend_from_slice(tag_version.as_bytes());
+            }
+        }
+        let start = out.len();
         self.codec.serialize_into(value, &mut out)?;
-        if out.len() - HEADER_LEN > self.compress_threshold {
-            let compressed = lz4_flex::compress_prepend_size(&out[HEADER_LEN..]);
+        if out.len() - start > self.compress_threshold {
+            let compressed = lz4_flex::compress_prepend_size(&out[start..]);
             // Keep the compressed form only when it saves space.
-            if compressed.len() < out.len() - HEADER_LEN {
-                out.truncate(HEADER_LEN);
+            if compressed.len() < out.len() - start {
+                out.truncate(start);
                 out[2] = COMPRESSION_LZ4;
                 out.extend_from_slice(&compressed);
             }
@@ -117,19 +163,49 @@ impl Envelope {
         Ok(out)
     }
 
+    /// Decodes a value, ignoring any tags it carries.
     pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
-        let [version, codec, compression, payload @ ..] = bytes else {
+        Sealed::open(bytes)?.decode()
+    }
+}
+
+/// A stored value with its header read: the tags it carries and the payload still encoded.
+#[derive(Debug)]
+pub(crate) struct Sealed<'a> {
+    codec: Codec,
+    compression: u8,
+    /// Each tag (encoded, as in [`Tag::as_str`](crate::Tag::as_str)) with the version it had.
+    pub(crate) tags: Vec<(&'a str, &'a [u8])>,
+    payload: &'a [u8],
+}
+
+impl<'a> Sealed<'a> {
+    /// Reads the header of `bytes`; the payload is decoded by [`decode`](Self::decode).
+    pub(crate) fn open(bytes: &'a [u8]) -> Result<Self> {
+        let [version, codec, compression, rest @ ..] = bytes else {
             return Err(Error::Decode(
                 "value shorter than the envelope header".into(),
             ));
         };
-        if *version != ENVELOPE_VERSION {
-            return Err(Error::Decode(format!("unknown envelope version {version}")));
-        }
         let codec = Codec::from_id(*codec)
             .ok_or_else(|| Error::Decode(format!("unknown codec id {codec}")))?;
-        match *compression {
-            COMPRESSION_NONE => codec.deserialize(payload),
+        let (tags, payload) = match *version {
+            ENVELOPE_VERSION => (Vec::new(), rest),
+            TAGGED_VERSION => read_tags(rest)?,
+            other => return Err(Error::Decode(format!("unknown envelope version {other}"))),
+        };
+        Ok(Self {
+            codec,
+            compression: *compression,
+            tags,
+            payload,
+        })
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        let payload = self.payload;
+        match self.compression {
+            COMPRESSION_NONE => self.codec.deserialize(payload),
             COMPRESSION_LZ4 => {
                 // The size prefix is untrusted: LZ4 cannot expand more than 255×, so a larger
                 // claim is corruption, not a reason to allocate gigabytes.
@@ -142,11 +218,33 @@ impl Envelope {
                 }
                 let raw = lz4_flex::decompress_size_prepended(payload)
                     .map_err(|e| Error::Decode(format!("lz4: {e}")))?;
-                codec.deserialize(&raw)
+                self.codec.deserialize(&raw)
             }
             other => Err(Error::Decode(format!("unknown compression id {other}"))),
         }
     }
+}
+
+/// The tag list of a version-2 envelope, and what follows it.
+#[allow(clippy::type_complexity)]
+fn read_tags(bytes: &[u8]) -> Result<(Vec<(&str, &[u8])>, &[u8])> {
+    let short = || Error::Decode("tag list cut short".into());
+    let (&count, mut rest) = bytes.split_first().ok_or_else(short)?;
+    if count == 0 || usize::from(count) > crate::key::MAX_TAGS {
+        return Err(Error::Decode(format!("{count} tags on one value")));
+    }
+    let mut tags = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (len, r) = rest.split_at_checked(2).ok_or_else(short)?;
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        let (tag, r) = r.split_at_checked(len).ok_or_else(short)?;
+        let tag = std::str::from_utf8(tag).map_err(|_| Error::Decode("tag not UTF-8".into()))?;
+        let (&vlen, r) = r.split_first().ok_or_else(short)?;
+        let (version, r) = r.split_at_checked(usize::from(vlen)).ok_or_else(short)?;
+        tags.push((tag, version));
+        rest = r;
+    }
+    Ok((tags, rest))
 }
 
 #[cfg(test)]
@@ -211,6 +309,31 @@ mod tests {
     }
 
     #[test]
+    fn tagged_values_carry_their_tags_and_versions() {
+        let env = Envelope::new(Codec::Postcard, 8);
+        let big = vec!["same text again".to_string(); 20];
+        let bytes = env
+            .encode_tagged(&big, &[("image:{a}", "00ff"), ("t:{}", "")])
+            .unwrap();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(bytes[2], COMPRESSION_LZ4);
+        let sealed = Sealed::open(&bytes).unwrap();
+        assert_eq!(
+            sealed.tags,
+            vec![("image:{a}", &b"00ff"[..]), ("t:{}", &b""[..])]
+        );
+        assert_eq!(sealed.decode::<Vec<String>>().unwrap(), big);
+        let plain = env.encode(&1u8).unwrap();
+        assert_eq!(plain[0], ENVELOPE_VERSION);
+        assert!(Sealed::open(&plain).unwrap().tags.is_empty());
+        // A cut tag list is a decode error, never a panic.
+        for cut in 3..bytes.len().min(30) {
+            let _ = Sealed::open(&bytes[..cut]).and_then(|s| s.decode::<Vec<String>>());
+        }
+        assert!(Sealed::open(&bytes[..6]).is_err());
+    }
+
+    #[test]
     fn unknown_versions_and_ids_are_decode_errors() {
         let env = Envelope::new(Codec::Postcard, 0);
         for bad in [
@@ -218,6 +341,7 @@ mod tests {
             &[1, 9, 0, 0],
             &[1, 1, 7, 0],
             &[1, 1],
+            &[LEASE_BYTE, 1, 0, 0],
             b"plain",
         ] {
             assert!(env.decode::<u8>(bad).unwrap_err().is_codec(), "{bad:?}");

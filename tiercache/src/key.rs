@@ -12,11 +12,13 @@
 //!   `:` separator, and it never contains the glob metacharacters `* ? [ ] \`: user input can never
 //!   widen a SCAN pattern.
 //! - The parts are wrapped in a Redis Cluster hash tag `{...}`, so keys built from the same parts
-//!   land in one slot; `{` and `}` in input are escaped, so input cannot pick the slot. (The
-//!   namespace's generation hash is in another slot; see `generation` for what Cluster needs.)
+//!   land in one slot; `{` and `}` in input are escaped, so input cannot pick the slot.
+//! - [`Tag`]s name groups of entries (`Tag::new("image", [name])`), encoded the same way; a key
+//!   carries at most [`MAX_TAGS`] of them (see `coherence` for how a tag is invalidated).
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use sha2::{Digest, Sha256};
 
@@ -29,25 +31,18 @@ pub const MAX_PART_LEN: usize = 64;
 /// Longest accepted `env` or `namespace`.
 const MAX_PREFIX_LEN: usize = 64;
 
+/// Most tags one entry may carry.
+pub const MAX_TAGS: usize = 16;
+
 /// A data category: selects the TTL (see [`TtlPolicy`](crate::TtlPolicy)) and groups statistics.
 ///
-/// The five categories of the scan-results design are provided as constants; any other name can
-/// be made with [`Category::new`] and given a TTL in the builder.
+/// The library defines none: an application declares its own, usually as constants
+/// (`const SCANS: Category = Category::from_static("scans");`), and gives each a TTL in the
+/// builder; categories without one get the default TTL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Category(Cow<'static, str>);
 
 impl Category {
-    /// Scan results (default TTL 300 s).
-    pub const SCAN_RESULTS: Category = Category::from_static("scan_results");
-    /// Vulnerability lists (default TTL 600 s).
-    pub const VULNERABILITIES: Category = Category::from_static("vulnerabilities");
-    /// Image metadata (default TTL 900 s).
-    pub const IMAGE_METADATA: Category = Category::from_static("image_metadata");
-    /// Expensive analysis results (default TTL 1800 s).
-    pub const ANALYSIS: Category = Category::from_static("analysis");
-    /// Sessions (default TTL 86400 s).
-    pub const SESSIONS: Category = Category::from_static("sessions");
-
     /// A category from a static name, usable in `const` items.
     pub const fn from_static(name: &'static str) -> Self {
         Self(Cow::Borrowed(name))
@@ -76,11 +71,15 @@ impl fmt::Display for Category {
 }
 
 /// A complete Redis key, built by [`KeySpace::key`]. It remembers its category so that the cache
-/// can pick the TTL and count hits per category.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// can pick the TTL and count hits per category, and the [`Tag`]s its entry carries.
+///
+/// Two keys are equal when they name the same Redis key, whatever their tags.
+#[derive(Clone, Debug)]
 pub struct Key {
     full: String,
     category: Category,
+    /// Sorted and deduplicated; at most [`MAX_TAGS`].
+    tags: Vec<Tag>,
 }
 
 impl Key {
@@ -92,6 +91,91 @@ impl Key {
     /// The key's category.
     pub fn category(&self) -> &Category {
         &self.category
+    }
+
+    /// The tags that an entry stored under this key carries.
+    pub fn tags(&self) -> &[Tag] {
+        &self.tags
+    }
+
+    /// This key with `tags` added: an entry stored through it (by `get_with`, `insert`, ...)
+    /// carries them, and [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) of any of them
+    /// makes it stale. Reading through a key with the same tags keeps a Redis hit to one round
+    /// trip (the tags' versions are fetched with the value).
+    ///
+    /// An entry carries at most [`MAX_TAGS`] distinct tags: through a key with more, values are
+    /// read and loaded but never stored (each attempt is logged and counted as an error).
+    pub fn with_tags(mut self, tags: impl IntoIterator<Item = Tag>) -> Key {
+        self.tags.extend(tags);
+        self.tags.sort_unstable();
+        self.tags.dedup();
+        self
+    }
+
+    /// Whether an entry may be stored under this key with its tags (at most [`MAX_TAGS`]).
+    pub(crate) fn tags_fit(&self) -> bool {
+        self.tags.len() <= MAX_TAGS
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.full == other.full
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.full.hash(state);
+    }
+}
+
+/// A name for a group of entries, such as everything derived from one image: entries carry tags
+/// ([`Key::with_tags`]), and invalidating a tag makes every entry that carries it stale at once,
+/// in every instance, at a constant cost however many entries carry it.
+///
+/// Built like a key from a kind and untrusted parts (`Tag::new("image", [name])`), encoded the
+/// same way, so input can neither collide with another tag nor escape its namespace: a tag is
+/// relative to the cache that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag of `kind` and `parts` (any untrusted text).
+    pub fn new<I, P>(kind: &str, parts: I) -> Tag
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        let mut s = String::with_capacity(kind.len() + 24);
+        encode_part(kind, &mut s);
+        s.push_str(":{");
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                s.push(':');
+            }
+            encode_part(part.as_ref(), &mut s);
+        }
+        s.push('}');
+        Tag(s)
+    }
+
+    /// The encoded tag, as it appears in Redis after the namespace's tag prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A tag read back from a stored value or from the invalidation channel.
+    pub(crate) fn from_encoded(encoded: String) -> Self {
+        Self(encoded)
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -252,6 +336,7 @@ impl KeySpace {
         Key {
             full,
             category: category.clone(),
+            tags: Vec::new(),
         }
     }
 
@@ -295,6 +380,20 @@ impl KeySpace {
     /// True if `key` belongs to this key space.
     pub fn contains(&self, key: &str) -> bool {
         key.starts_with(&self.prefix)
+    }
+
+    /// The Redis key that holds the current version of `tag` in this key space:
+    /// `tiercache#tag:{env}:{namespace}:{tag}`. The `#` cannot occur in a prefix, so tag keys lie
+    /// outside every key space (no pattern or clear ever touches them).
+    pub(crate) fn tag_key(&self, tag: &Tag) -> String {
+        let mut s = self.tag_prefix();
+        s.push_str(tag.as_str());
+        s
+    }
+
+    /// `tiercache#tag:{env}:{namespace}:`, what every tag key of this space starts with.
+    pub(crate) fn tag_prefix(&self) -> String {
+        format!("tiercache#tag:{}", self.prefix)
     }
 
     fn category_prefix(&self, category: &Category) -> String {
@@ -364,6 +463,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SCAN_RESULTS: Category = Category::from_static("scan_results");
+    const IMAGE_METADATA: Category = Category::from_static("image_metadata");
+    const SESSIONS: Category = Category::from_static("sessions");
+
     fn space() -> KeySpace {
         KeySpace::new("test", "ns").unwrap()
     }
@@ -401,17 +504,17 @@ mod tests {
 
     #[test]
     fn shape_of_a_key() {
-        let k = space().key(&Category::IMAGE_METADATA, ["bkimminich/juice-shop", "v1"]);
+        let k = space().key(&IMAGE_METADATA, ["bkimminich/juice-shop", "v1"]);
         assert_eq!(
             k.as_str(),
             "test:ns:image_metadata:{bkimminich%2Fjuice-shop:v1}"
         );
-        assert_eq!(k.category(), &Category::IMAGE_METADATA);
+        assert_eq!(k.category(), &IMAGE_METADATA);
     }
 
     #[test]
     fn glob_metacharacters_are_escaped() {
-        let k = space().key(&Category::SCAN_RESULTS, ["*?[]\\{}:"]);
+        let k = space().key(&SCAN_RESULTS, ["*?[]\\{}:"]);
         assert_eq!(
             k.as_str(),
             "test:ns:scan_results:{%2A%3F%5B%5D%5C%7B%7D%3A}"
@@ -421,16 +524,13 @@ mod tests {
     #[test]
     fn empty_and_long_parts() {
         let s = space();
+        assert_eq!(s.key(&SESSIONS, [""]).as_str(), "test:ns:sessions:{~}");
         assert_eq!(
-            s.key(&Category::SESSIONS, [""]).as_str(),
-            "test:ns:sessions:{~}"
-        );
-        assert_eq!(
-            s.key(&Category::SESSIONS, Vec::<&str>::new()).as_str(),
+            s.key(&SESSIONS, Vec::<&str>::new()).as_str(),
             "test:ns:sessions:{}"
         );
         let long = "x".repeat(1000);
-        let k = s.key(&Category::SESSIONS, [long.as_str()]);
+        let k = s.key(&SESSIONS, [long.as_str()]);
         assert_eq!(k.as_str().len(), "test:ns:sessions:{#}".len() + 64);
     }
 
@@ -447,19 +547,43 @@ mod tests {
     #[test]
     fn pattern_matches_exact_and_longer_but_not_siblings() {
         let s = space();
-        let p = s.pattern(&Category::IMAGE_METADATA, ["a"]);
-        let m = |parts: &[&str]| {
-            p.matches(s.key(&Category::IMAGE_METADATA, parts).as_str())
-                .unwrap()
-        };
+        let p = s.pattern(&IMAGE_METADATA, ["a"]);
+        let m = |parts: &[&str]| p.matches(s.key(&IMAGE_METADATA, parts).as_str()).unwrap();
         assert!(m(&["a"]));
         assert!(m(&["a", "v1"]));
         assert!(!m(&["ab"]));
         assert!(!m(&["b", "a"]));
-        assert!(
-            !p.matches(s.key(&Category::SCAN_RESULTS, ["a"]).as_str())
-                .unwrap()
+        assert!(!p.matches(s.key(&SCAN_RESULTS, ["a"]).as_str()).unwrap());
+    }
+
+    #[test]
+    fn tags_are_encoded_deduplicated_and_bounded() {
+        let s = space();
+        let t = Tag::new("image", ["a*:b}", "v1"]);
+        assert_eq!(t.as_str(), "image:{a%2A%3Ab%7D:v1}");
+        assert_eq!(
+            s.tag_key(&t),
+            "tiercache#tag:test:ns:image:{a%2A%3Ab%7D:v1}"
         );
+        assert_ne!(Tag::new("a:b", ["c"]), Tag::new("a", ["b:c"]));
+        assert_ne!(Tag::new("a", ["b", "c"]), Tag::new("a", ["b:c"]));
+        let k = s.key(&SESSIONS, ["k"]).with_tags([
+            Tag::new("x", ["2"]),
+            Tag::new("x", ["1"]),
+            Tag::new("x", ["2"]),
+        ]);
+        assert_eq!(k.tags(), &[Tag::new("x", ["1"]), Tag::new("x", ["2"])]);
+        assert!(k.tags_fit());
+        assert_eq!(
+            k,
+            s.key(&SESSIONS, ["k"]),
+            "tags do not change which key it is"
+        );
+        let many = (0..=MAX_TAGS).map(|i| Tag::new("t", [i.to_string()]));
+        assert!(!s.key(&SESSIONS, ["k"]).with_tags(many).tags_fit());
+        // Tag keys are outside every key space, so no pattern or clear touches them.
+        assert!(!s.contains(&s.tag_key(&t)));
+        assert!(s.namespace_pattern().matches(&s.tag_key(&t)) == Some(false));
     }
 
     fn part() -> impl Strategy<Value = String> {
@@ -498,6 +622,18 @@ mod tests {
             prop_assert!(s.namespace_pattern().matches(k.as_str()).unwrap());
         }
 
+        /// Different (kind, parts) never give the same tag.
+        #[test]
+        fn tags_are_injective(
+            k1 in "[a-z:{}*]{1,6}", p1 in prop::collection::vec(part(), 0..4),
+            k2 in "[a-z:{}*]{1,6}", p2 in prop::collection::vec(part(), 0..4),
+        ) {
+            let t1 = Tag::new(&k1, &p1);
+            let t2 = Tag::new(&k2, &p2);
+            prop_assert_eq!(t1 == t2, k1 == k2 && p1 == p2);
+            prop_assert!(!t1.as_str().contains(['*', '?', '[', ']', '\\']));
+        }
+
         /// A pattern built from untrusted leading parts matches a key exactly when the key's parts
         /// start with them.
         #[test]
@@ -506,8 +642,8 @@ mod tests {
             parts in prop::collection::vec(part(), 0..4),
         ) {
             let s = space();
-            let p = s.pattern(&Category::SCAN_RESULTS, &lead);
-            let k = s.key(&Category::SCAN_RESULTS, &parts);
+            let p = s.pattern(&SCAN_RESULTS, &lead);
+            let k = s.key(&SCAN_RESULTS, &parts);
             let expected = parts.len() >= lead.len() && parts[..lead.len()] == lead[..];
             prop_assert_eq!(p.matches(k.as_str()).unwrap(), expected);
         }

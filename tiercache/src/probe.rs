@@ -3,8 +3,8 @@
 //! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
 //! After three timeouts in a row it replaces the connection, whose peer may have vanished
 //! without a reset.
-//! When Redis answers, it replays the invalidations that were lost during the outage and only
-//! then closes the breaker, so the cache never serves a value that an acknowledged write
+//! When Redis answers, it replays the changes that were lost during the outage (see
+//! `invalidation`) and only then closes the breaker, so the cache never serves a value that an acknowledged write
 //! invalidated. With the defaults the first hit after Redis returns follows within about 300 ms.
 //!
 //! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::invalidation::PendingInvalidations;
-use crate::remote::Remote;
+use crate::coherence::Coherence;
 
 /// Aborts the task it holds when dropped.
 #[derive(Debug)]
@@ -35,23 +34,16 @@ impl Drop for TaskGuard {
 }
 
 /// Starts the recovery task.
-pub(crate) fn spawn(
-    remote: Arc<Remote>,
-    pending: Arc<PendingInvalidations>,
-    cooldown: Duration,
-) -> TaskGuard {
-    TaskGuard(tokio::spawn(recover_forever(remote, pending, cooldown)))
+pub(crate) fn spawn(coherence: Arc<Coherence>, cooldown: Duration) -> TaskGuard {
+    TaskGuard(tokio::spawn(recover_forever(coherence, cooldown)))
 }
 
 /// Probe timeouts in a row after which the connection is replaced: its peer may be gone
 /// without a reset, and the connection manager would wait for TCP to give up.
 const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
 
-async fn recover_forever(
-    remote: Arc<Remote>,
-    pending: Arc<PendingInvalidations>,
-    cooldown: Duration,
-) {
+async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
+    let remote = &coherence.remote;
     loop {
         remote.breaker.wait_open().await;
         let outage = Instant::now();
@@ -72,13 +64,13 @@ async fn recover_forever(
                     continue;
                 }
             };
-            if pending.replay(&remote).await.is_err() {
+            if coherence.replay().await.is_err() {
                 continue;
             }
             remote.breaker.close();
-            // Invalidations recorded while we were closing are applied now; callers that record
-            // one after this point see the breaker closed and apply it themselves.
-            if !pending.is_empty() && pending.replay(&remote).await.is_err() {
+            // Changes recorded while we were closing are applied now; callers that record one
+            // after this point see the breaker closed and apply it themselves.
+            if coherence.owes() && coherence.replay().await.is_err() {
                 remote.breaker.trip();
                 continue;
             }

@@ -1,4 +1,4 @@
-//! L2: the only module that issues Redis commands.
+//! L2: the only module that issues Redis commands (and holds the Lua scripts).
 //!
 //! One [`redis::aio::ConnectionManager`] carries every command: a single multiplexed connection
 //! that reconnects by itself, which is what redis-rs recommends over a pool for async use. Its own
@@ -6,30 +6,44 @@
 //! during an outage.
 //!
 //! Every call goes through [`Remote::call`], which
-//! 1. skips Redis at once while the [`Breaker`] is open,
+//! 1. skips Redis at once while the [`Breaker`] is open, for calls made [`Via::Breaker`],
 //! 2. bounds the call by the per-operation timeout (default 50 ms), so a hung Redis (SIGSTOP,
 //!    network partition) never holds a caller longer than that, and
 //! 3. records the outcome: successes close the failure streak; connection errors and timeouts
 //!    count towards opening the breaker and are logged at most once per interval.
 //!
-//! Changes that make values stale also move the namespace's invalidation generation, and loads
-//! are stored against it (see `generation`); the commands for both are here.
+//! What the commands mean for coherence (leases, tag versions, notices) is decided in
+//! `coherence`; this module only says how each is spelled, and keeps each change and its notice
+//! in one round trip. Redis 7.0 or later is needed (`SET ... NX GET`, `PEXPIRE ... GT`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionInfo, RedisResult, ToRedisArgs};
+use redis::{Client, ConnectionInfo, RedisResult, Value};
 
 use crate::breaker::Breaker;
+use crate::codec::LEASE_BYTE;
 use crate::error::{Error, Result};
-use crate::generation::{self, Generation};
 use crate::key::Pattern;
 use crate::log_limiter::LogLimiter;
 use crate::stats::Counters;
+
+/// How a call treats the circuit breaker, and how long it may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Skipped while the breaker is open; bounded by the operation timeout. Reads and fills.
+    Breaker,
+    /// Sent whatever the breaker says, bounded by the operation timeout: changes (invalidations
+    /// and overwrites), which must reach a Redis that is merely slow (see `coherence`).
+    Always,
+    /// Sent whatever the breaker says, bounded by the connect timeout (it may have to
+    /// reconnect): the recovery probe and the replays that precede closing the breaker.
+    Recovery,
+}
 
 /// What the cache reads from Redis `INFO`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,13 +64,86 @@ pub(crate) struct RemoteConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker_threshold: u32,
     pub(crate) scan_count: usize,
-    /// The key space prefix, `{env}:{namespace}:` (for the invalidation generation).
-    pub(crate) key_prefix: String,
-    /// The generation fields of the configured categories.
-    pub(crate) known_fields: BTreeSet<String>,
 }
 
-/// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its probe task.
+/// A notice to publish in the same round trip as the change it announces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Notice<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
+/// What one read found: the value (`None` if absent), its remaining TTL if asked for
+/// (`Duration::MAX` without expiry, `None` if it expired between the two commands), and the
+/// current version of each tag asked for (`None` if the tag has none).
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) tag_versions: Vec<Option<Vec<u8>>>,
+}
+
+/// A tag version to note when taking a lease: create it as `fresh` if the tag has none, and
+/// keep it for at least `life`.
+#[derive(Debug)]
+pub(crate) struct TagNote<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) fresh: &'a str,
+    pub(crate) life: Duration,
+}
+
+/// Whether taking a lease may replace a value found in the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Only an empty key (or another loader's lease): a value found is returned instead.
+    IfEmpty,
+    /// Whatever the key holds: the caller found its value stale (a tag moved).
+    Replacing,
+}
+
+/// What taking a lease found.
+#[derive(Debug)]
+pub(crate) enum Leased {
+    /// The key held no value: the lease is ours (it replaced another loader's, if any).
+    Taken,
+    /// A value was stored meanwhile.
+    Found(Vec<u8>),
+}
+
+/// Takes a load lease on `KEYS[1]` (`ARGV[1]`: the lease, `ARGV[2]`: its TTL in ms) unless a value
+/// is there, which it returns (with `ARGV[3]` = `replace`, it takes the lease anyway). A lease (a
+/// string starting with byte 0) of another loader is replaced: its holder may have died, and
+/// taking it over only refuses the other's fill.
+const LEASE_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.byte(v, 1) ~= 0 and ARGV[3] ~= 'replace' then
+  return v
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Stores `ARGV[2]` for `ARGV[3]` ms in `KEYS[1]` if the key still holds the lease `ARGV[1]`:
+/// an invalidation (UNLINK), an overwrite (SET) or a sweep since the lease was taken removed
+/// it. Returns 1 if stored.
+const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Removes `KEYS[1]` if it still holds the lease `ARGV[1]` (a load that failed or was
+/// cancelled gives its lease back).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('UNLINK', KEYS[1])
+end
+return 0
+";
+
+/// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its tasks.
 #[derive(Debug)]
 pub(crate) struct Remote {
     /// Cheap to clone (an `Arc` inside); each call clones it because commands need `&mut`.
@@ -74,14 +161,9 @@ pub(crate) struct Remote {
     failure_log: LogLimiter,
     /// `host:port/db` (and user), never the password: safe to log.
     pub(crate) addr: String,
-    /// The key space prefix, for the generation fields of keys and patterns.
-    key_prefix: String,
-    /// The generation fields of the configured categories (others share `*`).
-    known_fields: BTreeSet<String>,
-    /// The namespace's generation hash (see `generation`).
-    generation_key: String,
-    /// Stores a loaded value if the generation is still the noted one.
+    lease_script: redis::Script,
     fill_script: redis::Script,
+    release_script: redis::Script,
 }
 
 impl Remote {
@@ -119,33 +201,29 @@ impl Remote {
             counters,
             failure_log: LogLimiter::new(Duration::from_secs(5)),
             addr,
-            generation_key: generation::hash_key(&config.key_prefix),
-            key_prefix: config.key_prefix,
-            known_fields: config.known_fields,
-            fill_script: redis::Script::new(generation::FILL_SCRIPT),
+            lease_script: redis::Script::new(LEASE_SCRIPT),
+            fill_script: redis::Script::new(FILL_SCRIPT),
+            release_script: redis::Script::new(RELEASE_SCRIPT),
         })
     }
 
-    /// Runs one Redis call under the breaker and the per-operation timeout.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    /// Runs one Redis call as `via` says: under the breaker or not, within its time bound.
+    async fn call<T, F, Fut>(&self, op: &'static str, via: Via, f: F) -> Result<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if !self.breaker.is_closed() {
-            self.counters.short_circuit();
-            return Err(Error::Unavailable);
-        }
-        self.call_unguarded(op, self.op_timeout, f).await
-    }
-
-    /// Like [`call`](Self::call) but ignores the breaker: for the probe that decides whether to
-    /// close it, and for replaying lost invalidations before it closes.
-    async fn call_unguarded<T, F, Fut>(&self, op: &'static str, limit: Duration, f: F) -> Result<T>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
+        let limit = match via {
+            Via::Breaker => {
+                if !self.breaker.is_closed() {
+                    self.counters.short_circuit();
+                    return Err(Error::Unavailable);
+                }
+                self.op_timeout
+            }
+            Via::Always => self.op_timeout,
+            Via::Recovery => self.connect_timeout,
+        };
         let conn = ConnectionManager::clone(&self.conn.load());
         match tokio::time::timeout(limit, f(conn)).await {
             Ok(Ok(v)) => {
@@ -176,41 +254,291 @@ impl Remote {
         }
     }
 
+    /// Runs `pipe` (built with `ignore_errors`, so each reply comes back even if another
+    /// failed) and returns its replies. If Redis lost the scripts it uses (a restart empties
+    /// its script cache), they are loaded and the pipeline sent once more.
+    async fn pipeline(
+        &self,
+        op: &'static str,
+        via: Via,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Value>> {
+        let replies: Vec<Value> = self
+            .call(
+                op,
+                via,
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        if !replies.iter().any(is_noscript) {
+            return Ok(replies);
+        }
+        self.load_scripts().await?;
+        self.call(
+            op,
+            via,
+            |mut c| async move { pipe.query_async(&mut c).await },
+        )
+        .await
+    }
+
+    /// Loads the scripts (at start-up: a refusal, such as an ACL without `script|load`, is
+    /// reported early rather than on the first load).
+    pub(crate) async fn load_scripts(&self) -> Result<()> {
+        let mut load = redis::pipe();
+        for script in [&self.lease_script, &self.fill_script, &self.release_script] {
+            load.load_script(script);
+        }
+        let load = &load;
+        self.call("SCRIPT LOAD", Via::Recovery, |mut c| async move {
+            load.exec_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Counts and reports a server error among `replies` (a refused command) as the call's
+    /// failure.
+    fn refused(&self, op: &'static str, replies: &[Value]) -> Result<()> {
+        for reply in replies {
+            if let Value::ServerError(e) = reply {
+                let err = Error::Redis(e.clone().into());
+                self.counters.error();
+                self.failed(op, &err);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET key`: one round trip, the whole cost of a Redis hit without tags or a tier.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.call("GET", |mut c| async move {
+        self.call("GET", Via::Breaker, |mut c| async move {
             redis::cmd("GET").arg(key).query_async(&mut c).await
         })
         .await
     }
 
-    /// `GET` and `PTTL` in one round trip: the value and how long Redis keeps it, for the
-    /// in-process tier, whose copy must not outlive Redis's. The TTL is `Duration::MAX` for a key
-    /// without expiry, and `None` if the key expired between the two commands.
-    pub(crate) async fn get_with_ttl(
+    /// A read of `key` in one round trip, with its remaining TTL (`with_ttl`, for the
+    /// in-process tier, whose copy must not outlive Redis's) and the versions of `tag_keys`.
+    pub(crate) async fn read(
         &self,
         key: &str,
-    ) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
-        let (value, ms): (Option<Vec<u8>>, i64) = self
-            .call("GET+PTTL", |mut c| async move {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(key)
-                    .cmd("PTTL")
-                    .arg(key)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        let ttl = match ms {
-            -1 => Some(Duration::MAX),
-            ms => u64::try_from(ms).ok().map(Duration::from_millis),
+        with_ttl: bool,
+        tag_keys: &[String],
+    ) -> Result<Read> {
+        if !with_ttl && tag_keys.is_empty() {
+            return Ok(Read {
+                value: self.get(key).await?,
+                ..Read::default()
+            });
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("GET").arg(key);
+        if with_ttl {
+            pipe.cmd("PTTL").arg(key);
+        }
+        for tag in tag_keys {
+            pipe.cmd("GET").arg(tag);
+        }
+        let replies = self.pipeline("GET (pipeline)", Via::Breaker, &pipe).await?;
+        self.refused("GET (pipeline)", &replies)?;
+        let mut replies = replies.into_iter();
+        let value = bytes_reply(replies.next())?;
+        let ttl = if with_ttl {
+            let ms: i64 = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+                .map_err(|e| Error::Redis(e.into()))?;
+            match ms {
+                -1 => Some(Duration::MAX),
+                ms => u64::try_from(ms).ok().map(Duration::from_millis),
+            }
+        } else {
+            None
         };
-        Ok(value.map(|v| (v, ttl)))
+        let tag_versions = replies
+            .map(|r| bytes_reply(Some(r)))
+            .collect::<Result<_>>()?;
+        Ok(Read {
+            value,
+            ttl,
+            tag_versions,
+        })
     }
 
-    /// `PUBLISH channel payload`. `guarded: false` ignores the breaker (for replays).
-    pub(crate) async fn publish(&self, channel: &str, payload: &[u8], guarded: bool) -> Result<()> {
-        self.call_maybe_guarded("PUBLISH", guarded, |mut c| async move {
+    /// The current versions of `tag_keys`, in one round trip.
+    pub(crate) async fn tag_versions(&self, tag_keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for tag in tag_keys {
+            pipe.cmd("GET").arg(tag);
+        }
+        let replies = self.pipeline("GET (tags)", Via::Breaker, &pipe).await?;
+        self.refused("GET (tags)", &replies)?;
+        replies.into_iter().map(|r| bytes_reply(Some(r))).collect()
+    }
+
+    /// `MGET`: one round trip for many keys.
+    pub(crate) async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call("MGET", Via::Breaker, |mut c| async move {
+            redis::cmd("MGET").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Takes a load lease on `key` (unless a value is there), and notes the version of each of
+    /// `tags`, creating the missing ones and keeping each for at least its `life`: one round
+    /// trip. Returns what the lease found and each tag's version.
+    pub(crate) async fn lease(
+        &self,
+        key: &str,
+        lease: &[u8],
+        lease_ttl: Duration,
+        take: Take,
+        tags: &[TagNote<'_>],
+    ) -> Result<(Leased, Vec<Vec<u8>>)> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().invoke_script(
+            self.lease_script
+                .key(key)
+                .arg(lease)
+                .arg(millis(lease_ttl))
+                .arg(match take {
+                    Take::IfEmpty => "if-empty",
+                    Take::Replacing => "replace",
+                }),
+        );
+        note_tags(&mut pipe, tags);
+        let replies = self
+            .pipeline("EVALSHA (lease)", Via::Breaker, &pipe)
+            .await?;
+        self.refused("EVALSHA (lease)", &replies)?;
+        let mut replies = replies.into_iter();
+        let leased = match bytes_reply(replies.next())? {
+            None => Leased::Taken,
+            Some(value) => Leased::Found(value),
+        };
+        Ok((leased, noted_versions(tags, replies)?))
+    }
+
+    /// Notes the versions of `tags` for a value written now, creating missing ones: one round
+    /// trip.
+    pub(crate) async fn note_tags(&self, tags: &[TagNote<'_>]) -> Result<Vec<Vec<u8>>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        note_tags(&mut pipe, tags);
+        let replies = self.pipeline("SET (tags)", Via::Breaker, &pipe).await?;
+        self.refused("SET (tags)", &replies)?;
+        noted_versions(tags, replies.into_iter())
+    }
+
+    /// Stores `value` for `ttl` if `key` still holds `lease`, and reads the current versions of
+    /// `tag_keys`: one round trip. Returns whether it stored, and the versions.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        lease: &[u8],
+        value: &[u8],
+        ttl: Duration,
+        tag_keys: &[String],
+    ) -> Result<(bool, Vec<Option<Vec<u8>>>)> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().invoke_script(
+            self.fill_script
+                .key(key)
+                .arg(lease)
+                .arg(value)
+                .arg(millis(ttl)),
+        );
+        for tag in tag_keys {
+            pipe.cmd("GET").arg(tag);
+        }
+        let replies = self.pipeline("EVALSHA (fill)", Via::Breaker, &pipe).await?;
+        self.refused("EVALSHA (fill)", &replies)?;
+        let mut replies = replies.into_iter();
+        let stored: i64 = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| Error::Redis(e.into()))?;
+        let versions = replies
+            .map(|r| bytes_reply(Some(r)))
+            .collect::<Result<_>>()?;
+        Ok((stored == 1, versions))
+    }
+
+    /// Gives `lease` on `key` back, if the key still holds it.
+    pub(crate) async fn release(&self, key: &str, lease: &[u8]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .invoke_script(self.release_script.key(key).arg(lease));
+        let replies = self
+            .pipeline("EVALSHA (release)", Via::Breaker, &pipe)
+            .await?;
+        self.refused("EVALSHA (release)", &replies)
+    }
+
+    /// An invalidation of `keys` (`UNLINK`) and its notice, in one round trip. Returns how many
+    /// keys existed (load leases included).
+    pub(crate) async fn invalidate_keys(
+        &self,
+        keys: &[&str],
+        notice: Option<Notice<'_>>,
+        via: Via,
+    ) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("UNLINK").arg(keys);
+        with_notice(&mut pipe, notice);
+        let replies = self.pipeline("UNLINK", via, &pipe).await?;
+        self.refused("UNLINK", &replies)?;
+        redis::from_redis_value(replies.into_iter().next().unwrap_or(Value::Nil))
+            .map_err(|e| Error::Redis(e.into()))
+    }
+
+    /// `UNLINK`s without a notice: for values that do not decode (nobody else can have them).
+    pub(crate) async fn unlink(&self, keys: &[&str]) -> Result<u64> {
+        self.invalidate_keys(keys, None, Via::Breaker).await
+    }
+
+    /// An invalidation of tags (their version keys are removed, so every value noted with the
+    /// old versions is stale) and its notice, in one round trip: constant cost, however many
+    /// entries carry the tags.
+    pub(crate) async fn invalidate_tags(
+        &self,
+        tag_keys: &[String],
+        notice: Option<Notice<'_>>,
+        via: Via,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("UNLINK").arg(tag_keys);
+        with_notice(&mut pipe, notice);
+        let replies = self.pipeline("UNLINK (tags)", via, &pipe).await?;
+        self.refused("UNLINK (tags)", &replies)
+    }
+
+    /// Overwrites: a `SET key value PX ttl` per entry (value and expiry in one command, never a
+    /// separate EXPIRE) and the notice, in one round trip.
+    pub(crate) async fn set_many(
+        &self,
+        entries: &[(&str, &[u8], Duration)],
+        notice: Option<Notice<'_>>,
+        via: Via,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (key, value, ttl) in entries {
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(*value)
+                .arg("PX")
+                .arg(millis(*ttl));
+        }
+        with_notice(&mut pipe, notice);
+        let replies = self.pipeline("SET", via, &pipe).await?;
+        self.refused("SET", &replies)
+    }
+
+    /// `PUBLISH channel payload`.
+    pub(crate) async fn publish(&self, channel: &str, payload: &[u8], via: Via) -> Result<()> {
+        self.call("PUBLISH", via, |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)
@@ -220,15 +548,17 @@ impl Remote {
         .await
     }
 
-    /// A dedicated connection subscribed to `channel`, as a stream of message payloads. The
+    /// A dedicated connection subscribed to `channels`, as a stream of (channel, payload). The
     /// stream ends when the connection is lost. Bounded by the connect timeout.
     pub(crate) async fn subscribe(
         &self,
-        channel: &str,
-    ) -> Result<impl futures_util::Stream<Item = Vec<u8>> + Send + 'static + use<>> {
+        channels: &[&str],
+    ) -> Result<impl futures_util::Stream<Item = (String, Vec<u8>)> + Send + 'static + use<>> {
         let connect = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
+            for channel in channels {
+                pubsub.subscribe(*channel).await?;
+            }
             RedisResult::Ok(pubsub)
         };
         let pubsub = tokio::time::timeout(self.connect_timeout, connect)
@@ -237,312 +567,73 @@ impl Remote {
             .map_err(Error::Redis)?;
         Ok(futures_util::StreamExt::map(
             pubsub.into_on_message(),
-            |msg| msg.get_payload_bytes().to_vec(),
+            |msg| {
+                (
+                    msg.get_channel_name().to_owned(),
+                    msg.get_payload_bytes().to_vec(),
+                )
+            },
         ))
     }
 
-    /// `MGET`: one round trip for many keys.
-    pub(crate) async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.call("MGET", |mut c| async move {
-            redis::cmd("MGET").arg(keys).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// `GET key` and the generation tokens of its category and namespace, in one round trip
-    /// (creating the namespace token if it is absent): a load's last look for the key, noting
-    /// what its value must be stored against.
-    pub(crate) async fn get_noting_generation(
-        &self,
-        key: &str,
-    ) -> Result<(Option<Vec<u8>>, Generation)> {
-        let field = generation::field(&self.key_prefix, &self.known_fields, key);
-        let hash = self.generation_key.as_str();
-        let (value, tokens): (Option<Vec<u8>>, redis::Value) = self
-            .call("GET (and generation)", |mut c| async move {
-                redis::pipe()
-                    // A refused HSETNX or HMGET (memory full, ACL) must not cost the GET.
-                    .ignore_errors()
-                    .cmd("GET")
+    /// Whether `key` holds a value (a load lease is not one): `GETRANGE key 0 0`, which reads
+    /// one byte whatever the value's size.
+    pub(crate) async fn contains(&self, key: &str) -> Result<bool> {
+        let first: Vec<u8> = self
+            .call("GETRANGE", Via::Breaker, |mut c| async move {
+                redis::cmd("GETRANGE")
                     .arg(key)
-                    .cmd("HSETNX")
-                    .arg(hash)
-                    .arg(generation::NAMESPACE_FIELD)
-                    .arg(generation::token())
-                    .ignore()
-                    .cmd("HMGET")
-                    .arg(hash)
-                    .arg(field)
-                    .arg(generation::NAMESPACE_FIELD)
+                    .arg(0)
+                    .arg(0)
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        // Without readable tokens no store can be vouched for: `namespace: None`.
-        let (category, namespace) =
-            redis::from_redis_value::<(Option<String>, Option<String>)>(tokens)
-                .unwrap_or((None, None));
-        let generation = Generation {
-            field: field.to_owned(),
-            category: category.unwrap_or_default(),
-            namespace,
-        };
-        Ok((value, generation))
+        Ok(first.first().is_some_and(|b| *b != LEASE_BYTE))
     }
 
-    /// Stores a loaded value (`SET PX`) unless the generation moved since `noted`: one script
-    /// call. Returns whether it was stored.
-    pub(crate) async fn set_if_generation(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        noted: &Generation,
-    ) -> Result<bool> {
-        let Some(namespace) = noted.namespace.as_deref() else {
-            // The namespace token could not be created (memory full, or no permission): no
-            // store can be vouched for.
-            return Ok(false);
-        };
-        let ms = ttl_millis(ttl);
-        let stored: i64 = self
-            .call("SET (if generation)", |mut c| async move {
-                self.fill_script
-                    .key(key)
-                    .key(self.generation_key.as_str())
-                    .arg(noted.field.as_str())
-                    .arg(noted.category.as_str())
-                    .arg(namespace)
-                    .arg(value)
-                    .arg(ms)
-                    .invoke_async(&mut c)
+    /// Remaining TTL of the value at `key`; `None` if there is none (absent, a load lease, or
+    /// no expiry).
+    pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Duration>> {
+        let (first, ms): (Vec<u8>, i64) = self
+            .call("PTTL", Via::Breaker, |mut c| async move {
+                redis::pipe()
+                    .cmd("GETRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(0)
+                    .cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut c)
                     .await
             })
             .await?;
-        Ok(stored == 1)
-    }
-
-    /// The `HSET` that moves the generation for changes of `targets` (keys or patterns): a fresh
-    /// token in each of their fields.
-    fn generation_move<'a>(&self, targets: impl Iterator<Item = &'a str>) -> redis::Cmd {
-        let mut fields: Vec<&str> = targets
-            .map(|t| generation::field(&self.key_prefix, &self.known_fields, t))
-            .collect();
-        fields.sort_unstable();
-        fields.dedup();
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(&self.generation_key);
-        for field in fields {
-            cmd.arg(field).arg(generation::token());
+        if first.first().is_none_or(|b| *b == LEASE_BYTE) {
+            return Ok(None);
         }
-        cmd
-    }
-
-    /// Applies `change` (commands that delete or overwrite `targets`) after moving their
-    /// generation, in one round trip, and returns the change's replies (server errors among them
-    /// are counted and returned as `Err`).
-    ///
-    /// Should Redis refuse to move the generation (memory full under `noeviction`, or an ACL
-    /// without the hash), the change must still not be undone by a load noted before it: the
-    /// namespace token is deleted (`HDEL` is allowed when memory is full), which fails the store
-    /// of every such load, and `change` is applied once more, in case such a store landed in
-    /// between.
-    async fn change(
-        &self,
-        op: &'static str,
-        guarded: bool,
-        targets: &[&str],
-        change: &redis::Pipeline,
-    ) -> Result<Vec<redis::Value>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.add_command(self.generation_move(targets.iter().copied()));
-        for cmd in change.cmd_iter() {
-            pipe.add_command(cmd.clone());
-        }
-        let pipe = &pipe;
-        let mut replies: Vec<redis::Value> = self
-            .call_maybe_guarded(op, guarded, |mut c| async move {
-                pipe.query_async(&mut c).await
-            })
-            .await?;
-        let moved = if replies.is_empty() {
-            redis::Value::Nil
-        } else {
-            replies.remove(0)
-        };
-        if let redis::Value::ServerError(refused) = moved {
-            tracing::debug!(op, reason = ?refused, "generation not moved; dropping the namespace token instead");
-            self.drop_namespace_token(guarded).await?;
-            let mut again = change.clone();
-            again.ignore_errors();
-            let again = &again;
-            replies = self
-                .call_maybe_guarded(op, guarded, |mut c| async move {
-                    again.query_async(&mut c).await
-                })
-                .await?;
-        }
-        for reply in &replies {
-            if let redis::Value::ServerError(e) = reply {
-                let err = Error::Redis(e.clone().into());
-                self.counters.error();
-                self.failed(op, &err);
-                return Err(err);
-            }
-        }
-        Ok(replies)
-    }
-
-    /// `HDEL` of the namespace token: no load noted before can store any more.
-    async fn drop_namespace_token(&self, guarded: bool) -> Result<()> {
-        let hash = self.generation_key.as_str();
-        self.call_maybe_guarded("HDEL", guarded, |mut c| async move {
-            redis::cmd("HDEL")
-                .arg(hash)
-                .arg(generation::NAMESPACE_FIELD)
-                .exec_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// An overwrite: moves the generation, then `SET key value PX ttl` (value and expiry in one
-    /// command, never a separate EXPIRE), in one round trip.
-    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let mut change = redis::pipe();
-        change
-            .cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_millis(ttl));
-        self.change("SET", true, &[key], &change).await.map(drop)
-    }
-
-    /// Many overwrites: the generation, then every `SET PX`, in one pipeline.
-    pub(crate) async fn set_many(&self, entries: &[(&str, Vec<u8>, Duration)]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut change = redis::pipe();
-        for (key, value, ttl) in entries {
-            change
-                .cmd("SET")
-                .arg(*key)
-                .arg(value.as_slice())
-                .arg("PX")
-                .arg(ttl_millis(*ttl));
-        }
-        let keys: Vec<&str> = entries.iter().map(|(key, _, _)| *key).collect();
-        self.change("SET (pipeline)", true, &keys, &change)
-            .await
-            .map(drop)
-    }
-
-    /// `UNLINK`: returns how many of `keys` existed. `guarded: false` ignores the breaker.
-    /// For deleting undecodable values and sweeping pages; invalidations use
-    /// [`invalidate_keys`](Self::invalidate_keys).
-    pub(crate) async fn unlink<K: ToRedisArgs + Sync>(
-        &self,
-        keys: &[K],
-        guarded: bool,
-    ) -> Result<u64> {
-        self.call_maybe_guarded("UNLINK", guarded, |mut c| async move {
-            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// An invalidation of `keys`: moves the generation, then `UNLINK`s them, in one round trip.
-    /// Returns how many existed. `guarded: false` ignores the breaker (for replays).
-    pub(crate) async fn invalidate_keys(&self, keys: &[&str], guarded: bool) -> Result<u64> {
-        let mut change = redis::pipe();
-        change.cmd("UNLINK").arg(keys);
-        let replies = self.change("UNLINK", guarded, keys, &change).await?;
-        let reply = replies.into_iter().next().unwrap_or(redis::Value::Nil);
-        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))
-    }
-
-    /// Moves the generation alone, before a sweep (which cannot be repeated cheaply): if Redis
-    /// refuses, the namespace token is dropped first instead.
-    async fn advance_generation(&self, pattern: &Pattern, guarded: bool) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.add_command(self.generation_move(std::iter::once(pattern.as_str())));
-        let pipe = &pipe;
-        let (reply,): (redis::Value,) = self
-            .call_maybe_guarded("HSET", guarded, |mut c| async move {
-                pipe.query_async(&mut c).await
-            })
-            .await?;
-        if let redis::Value::ServerError(refused) = reply {
-            tracing::debug!(reason = ?refused, "generation not moved; dropping the namespace token instead");
-            self.drop_namespace_token(guarded).await?;
-        }
-        Ok(())
-    }
-
-    /// Whether the generation hash can be written: `Err` (with Redis's reason) if, say, the ACL
-    /// lacks it, in which case no loaded value can be stored.
-    pub(crate) async fn check_generation(&self) -> Result<()> {
-        let hash = self.generation_key.as_str();
-        self.call_unguarded("HSETNX", self.connect_timeout, |mut c| async move {
-            redis::cmd("HSETNX")
-                .arg(hash)
-                .arg(generation::NAMESPACE_FIELD)
-                .arg(generation::token())
-                .exec_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// [`call`](Self::call), or with `guarded: false` [`call_unguarded`](Self::call_unguarded)
-    /// with the connect timeout.
-    async fn call_maybe_guarded<T, F, Fut>(
-        &self,
-        op: &'static str,
-        guarded: bool,
-        f: F,
-    ) -> Result<T>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        if guarded {
-            self.call(op, f).await
-        } else {
-            self.call_unguarded(op, self.connect_timeout, f).await
-        }
-    }
-
-    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
-        self.call("EXISTS", |mut c| async move {
-            redis::cmd("EXISTS").arg(key).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// Remaining TTL; `None` if the key is absent or never expires.
-    pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Duration>> {
-        let ms: i64 = self
-            .call("PTTL", |mut c| async move {
-                redis::cmd("PTTL").arg(key).query_async(&mut c).await
-            })
-            .await?;
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
     }
 
-    /// Size in bytes of the value at `key` (`STRLEN`); 0 if absent.
+    /// Size in bytes of the value at `key` (`STRLEN`); 0 if there is none.
     pub(crate) async fn strlen(&self, key: &str) -> Result<u64> {
-        self.call("STRLEN", |mut c| async move {
-            redis::cmd("STRLEN").arg(key).query_async(&mut c).await
+        let (first, len): (Vec<u8>, u64) = self
+            .call("STRLEN", Via::Breaker, |mut c| async move {
+                redis::pipe()
+                    .cmd("GETRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(0)
+                    .cmd("STRLEN")
+                    .arg(key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if first.first().is_none_or(|b| *b == LEASE_BYTE) {
+            0
+        } else {
+            len
         })
-        .await
     }
 
     /// One `SCAN cursor MATCH pattern COUNT n` page.
@@ -550,7 +641,7 @@ impl Remote {
         &self,
         cursor: u64,
         pattern: &Pattern,
-        guarded: bool,
+        via: Via,
     ) -> Result<(u64, Vec<Vec<u8>>)> {
         let count = self.scan_count;
         let f = |mut c: ConnectionManager| async move {
@@ -563,28 +654,44 @@ impl Remote {
                 .query_async(&mut c)
                 .await
         };
-        self.call_maybe_guarded("SCAN", guarded, f).await
+        self.call("SCAN", via, f).await
     }
 
-    /// An invalidation by pattern: moves the generation (first, so that a load noted before
-    /// cannot store behind the sweep), then deletes every key matching `pattern`: SCAN with
-    /// COUNT, then UNLINK each page's keys (never KEYS, which blocks Redis). Returns how many
-    /// keys were removed. `guarded: false` ignores the breaker (for replays during recovery).
-    pub(crate) async fn unlink_matching(&self, pattern: &Pattern, guarded: bool) -> Result<u64> {
-        self.advance_generation(pattern, guarded).await?;
+    /// Deletes every key matching `pattern`: SCAN with COUNT, then UNLINK each page's keys
+    /// (never KEYS, which blocks Redis), and then publishes `notice`. Load leases are keys like
+    /// any other, so a load that began before the sweep cannot store behind it. Returns how many
+    /// keys were removed.
+    pub(crate) async fn sweep(
+        &self,
+        pattern: &Pattern,
+        notice: Option<Notice<'_>>,
+        via: Via,
+    ) -> Result<u64> {
         let mut cursor = 0;
         let mut removed = 0;
         loop {
-            let (next, keys) = self.scan_page(cursor, pattern, guarded).await?;
+            let (next, keys) = self.scan_page(cursor, pattern, via).await?;
             if !keys.is_empty() {
                 // Keys stay bytes: a foreign key that is not UTF-8 must not stop the sweep.
-                removed += self.unlink(&keys, guarded).await?;
+                let keys = &keys;
+                removed += self
+                    .call("UNLINK", via, |mut c| async move {
+                        redis::cmd("UNLINK")
+                            .arg(keys)
+                            .query_async::<u64>(&mut c)
+                            .await
+                    })
+                    .await?;
             }
             if next == 0 {
-                return Ok(removed);
+                break;
             }
             cursor = next;
         }
+        if let Some(n) = notice {
+            self.publish(n.channel, n.payload, via).await?;
+        }
+        Ok(removed)
     }
 
     /// Keys matching `pattern`, up to `limit`, without duplicates (SCAN may repeat a key).
@@ -593,7 +700,7 @@ impl Remote {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         loop {
-            let (next, keys) = self.scan_page(cursor, pattern, true).await?;
+            let (next, keys) = self.scan_page(cursor, pattern, Via::Breaker).await?;
             for k in keys {
                 if out.len() >= limit {
                     return Ok(out);
@@ -616,7 +723,7 @@ impl Remote {
         let mut cursor = 0;
         let mut count = 0;
         loop {
-            let (next, keys) = self.scan_page(cursor, pattern, true).await?;
+            let (next, keys) = self.scan_page(cursor, pattern, Via::Breaker).await?;
             count += keys.len() as u64;
             if next == 0 {
                 return Ok(count);
@@ -628,7 +735,7 @@ impl Remote {
     /// `INFO memory` and `INFO stats`, parsed for the fields the stats report.
     pub(crate) async fn info(&self) -> Result<ServerInfo> {
         let text: String = self
-            .call("INFO", |mut c| async move {
+            .call("INFO", Via::Breaker, |mut c| async move {
                 redis::cmd("INFO")
                     .arg("memory")
                     .arg("stats")
@@ -657,19 +764,18 @@ impl Remote {
 
     /// PING through the breaker, returning the round-trip time.
     pub(crate) async fn ping(&self) -> Result<Duration> {
-        let start = Instant::now();
-        self.call("PING", |mut c| async move {
-            redis::cmd("PING").exec_async(&mut c).await
-        })
-        .await?;
-        Ok(start.elapsed())
+        self.timed_ping(Via::Breaker).await
     }
 
     /// PING that ignores the breaker and may take up to the connect timeout (it may have to
     /// reconnect): used at start-up and by the recovery probe.
     pub(crate) async fn probe(&self) -> Result<Duration> {
+        self.timed_ping(Via::Recovery).await
+    }
+
+    async fn timed_ping(&self, via: Via) -> Result<Duration> {
         let start = Instant::now();
-        self.call_unguarded("PING", self.connect_timeout, |mut c| async move {
+        self.call("PING", via, |mut c| async move {
             redis::cmd("PING").exec_async(&mut c).await
         })
         .await?;
@@ -677,8 +783,57 @@ impl Remote {
     }
 }
 
-fn ttl_millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+/// Appends, per tag, `SET tag fresh NX GET PX life` (the current version, or `fresh` if it had
+/// none) and `PEXPIRE tag life GT` (so that it outlives the value about to carry it).
+fn note_tags(pipe: &mut redis::Pipeline, tags: &[TagNote<'_>]) {
+    for tag in tags {
+        let life = millis(tag.life);
+        pipe.cmd("SET")
+            .arg(tag.key)
+            .arg(tag.fresh)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(life);
+        pipe.cmd("PEXPIRE")
+            .arg(tag.key)
+            .arg(life)
+            .arg("GT")
+            .ignore();
+    }
+}
+
+/// The version of each tag from the replies of [`note_tags`].
+fn noted_versions(
+    tags: &[TagNote<'_>],
+    replies: impl Iterator<Item = Value>,
+) -> Result<Vec<Vec<u8>>> {
+    tags.iter()
+        .zip(replies)
+        .map(|(tag, reply)| Ok(bytes_reply(Some(reply))?.unwrap_or_else(|| tag.fresh.into())))
+        .collect()
+}
+
+/// Appends `PUBLISH` of the notice, if any, to a change's pipeline: Redis runs it after the
+/// change, so no instance hears of a change before it is applied. Its reply comes last and is
+/// checked with the others (an ignored command's error would be dropped silently).
+fn with_notice(pipe: &mut redis::Pipeline, notice: Option<Notice<'_>>) {
+    if let Some(n) = notice {
+        pipe.cmd("PUBLISH").arg(n.channel).arg(n.payload);
+    }
+}
+
+fn is_noscript(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
+}
+
+/// A bulk string reply, or `None` for nil.
+fn bytes_reply(reply: Option<Value>) -> Result<Option<Vec<u8>>> {
+    redis::from_redis_value(reply.unwrap_or(Value::Nil)).map_err(|e| Error::Redis(e.into()))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// `host:port/db`, with the user name if there is one; never the password.

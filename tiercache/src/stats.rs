@@ -6,8 +6,8 @@
 //! Every counter is also reported through the `metrics` facade (`tiercache_hits_total{category}`,
 //! `tiercache_misses_total{category}`, `tiercache_sets_total`, `tiercache_deletes_total`,
 //! `tiercache_errors_total`, `tiercache_timeouts_total`, `tiercache_short_circuits_total`,
-//! `tiercache_loader_runs_total`, `tiercache_local_hits_total`), so an application that installs a recorder before building the
-//! cache gets the same numbers.
+//! `tiercache_loader_runs_total`, `tiercache_local_hits_total`, `tiercache_tag_invalidations_total`),
+//! so an application that installs a recorder before building the cache gets the same numbers.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +32,8 @@ pub struct Stats {
     pub sets: u64,
     /// Keys removed by invalidation (single keys, patterns and clears).
     pub deletes: u64,
+    /// Tags invalidated (each makes every entry carrying it stale, however many).
+    pub tag_invalidations: u64,
     /// Redis calls that failed (including timeouts), and values that could not be encoded.
     pub errors: u64,
     /// Redis calls that hit the per-operation timeout.
@@ -52,6 +54,9 @@ pub struct Stats {
     pub keys: Option<u64>,
     /// Whether Redis is being used (the circuit breaker is closed).
     pub connected: bool,
+    /// How the cache stores values: `redis`, `standalone` or `disabled` (see
+    /// [`Mode`](crate::Mode)).
+    pub mode: &'static str,
     /// The in-process tier: `None` when the cache has none.
     pub local: Option<LocalStats>,
     /// Time since the cache was built (serialized as seconds).
@@ -67,7 +72,8 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LocalStats {
-    /// Whether it is in use: its invalidation channel is up and the breaker closed.
+    /// Whether it serves now: standalone always; in front of Redis, while its heartbeats come
+    /// back through the invalidation channel within the lease.
     pub live: bool,
     /// Entries held (approximate: the tier applies writes in batches).
     pub entries: u64,
@@ -75,7 +81,9 @@ pub struct LocalStats {
     pub size_bytes: u64,
     /// Entries dropped to stay within the capacity.
     pub evictions: u64,
-    /// Times the invalidation channel was lost (each time the tier was cleared).
+    /// Times the lease lapsed (no heartbeat back in time) and the tier was dropped.
+    pub lapses: u64,
+    /// Times the invalidation channel was lost (each time the tier was dropped).
     pub channel_losses: u64,
 }
 
@@ -156,6 +164,7 @@ pub(crate) struct Counters {
     short_circuits: Counted,
     loader_runs: Counted,
     local_hits: Counted,
+    tag_invalidations: Counted,
     /// Fixed at build time: no lock is needed to find a category's counters.
     categories: HashMap<Category, CategoryCounters>,
     other: CategoryCounters,
@@ -173,6 +182,7 @@ impl Counters {
             short_circuits: Counted::new("tiercache_short_circuits_total"),
             loader_runs: Counted::new("tiercache_loader_runs_total"),
             local_hits: Counted::new("tiercache_local_hits_total"),
+            tag_invalidations: Counted::new("tiercache_tag_invalidations_total"),
             categories: categories
                 .into_iter()
                 .map(|c| (c.clone(), CategoryCounters::new(c.label())))
@@ -227,6 +237,10 @@ impl Counters {
         self.loader_runs.add(1);
     }
 
+    pub(crate) fn tag_invalidations(&self, n: u64) {
+        self.tag_invalidations.add(n);
+    }
+
     /// The counter part of a snapshot; the caller fills in what comes from Redis.
     pub(crate) fn snapshot(&self) -> Stats {
         let mut categories: BTreeMap<String, CategoryStats> = self
@@ -255,6 +269,7 @@ impl Counters {
             short_circuits: self.short_circuits.get(),
             loader_runs: self.loader_runs.get(),
             local_hits: self.local_hits.get(),
+            tag_invalidations: self.tag_invalidations.get(),
             categories,
             ..Stats::default()
         }
@@ -265,12 +280,14 @@ impl Counters {
 mod tests {
     use super::*;
 
+    const SCAN_RESULTS: Category = Category::from_static("scan_results");
+
     #[test]
     fn snapshot_reflects_counts_and_rate() {
-        let c = Counters::new([&Category::SCAN_RESULTS]);
-        c.hit(&Category::SCAN_RESULTS);
-        c.hit(&Category::SCAN_RESULTS);
-        c.miss(&Category::SCAN_RESULTS);
+        let c = Counters::new([&SCAN_RESULTS]);
+        c.hit(&SCAN_RESULTS);
+        c.hit(&SCAN_RESULTS);
+        c.miss(&SCAN_RESULTS);
         c.miss(&Category::new("adhoc"));
         c.timeout();
         let s = c.snapshot();

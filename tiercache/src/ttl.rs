@@ -1,5 +1,9 @@
 //! The TTL policy: how long each category of data lives in Redis, with jitter.
 //!
+//! The library ships one default TTL ([`DEFAULT_TTL`]) and the mechanism to give each category
+//! its own (`CacheBuilder::ttl`); which categories exist and how long they live is the
+//! application's business.
+//!
 //! Values filled together (after a deploy, a flush or a traffic spike) would otherwise expire
 //! together and send a thundering herd to the database. Each TTL is therefore drawn uniformly
 //! from `base × (1 ± jitter)` (default ±10%).
@@ -10,16 +14,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::key::Category;
 
-/// The default TTL per category, from the scan-results design this library serves.
-pub const DEFAULT_TTLS: [(Category, Duration); 5] = [
-    (Category::SCAN_RESULTS, Duration::from_secs(300)),
-    (Category::VULNERABILITIES, Duration::from_secs(600)),
-    (Category::IMAGE_METADATA, Duration::from_secs(900)),
-    (Category::ANALYSIS, Duration::from_secs(1800)),
-    (Category::SESSIONS, Duration::from_secs(86_400)),
-];
-
-/// TTL for categories that are not in the table.
+/// TTL for categories without one of their own.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// Default jitter: ±10%.
@@ -36,7 +31,7 @@ pub struct TtlPolicy {
 impl Default for TtlPolicy {
     fn default() -> Self {
         Self {
-            table: DEFAULT_TTLS.into_iter().collect(),
+            table: HashMap::new(),
             fallback: DEFAULT_TTL,
             jitter: DEFAULT_JITTER,
         }
@@ -112,21 +107,25 @@ fn check_ttl(setting: &'static str, ttl: Duration) -> Result<()> {
 mod tests {
     use super::*;
 
+    const SCAN_RESULTS: Category = Category::from_static("scan_results");
+    const SESSIONS: Category = Category::from_static("sessions");
+
     #[test]
-    fn defaults_follow_the_design() {
-        let p = TtlPolicy::default();
-        assert_eq!(p.base(&Category::SCAN_RESULTS), Duration::from_secs(300));
-        assert_eq!(p.base(&Category::VULNERABILITIES), Duration::from_secs(600));
-        assert_eq!(p.base(&Category::IMAGE_METADATA), Duration::from_secs(900));
-        assert_eq!(p.base(&Category::ANALYSIS), Duration::from_secs(1800));
-        assert_eq!(p.base(&Category::SESSIONS), Duration::from_secs(86_400));
-        assert_eq!(p.base(&Category::new("other")), DEFAULT_TTL);
+    fn one_default_and_a_ttl_per_configured_category() {
+        let mut p = TtlPolicy::default();
+        assert_eq!(p.base(&SCAN_RESULTS), DEFAULT_TTL);
+        assert_eq!(p.categories().count(), 0, "the library ships no categories");
+        p.set(SCAN_RESULTS, Duration::from_secs(30)).unwrap();
+        p.set_fallback(Duration::from_secs(60)).unwrap();
+        assert_eq!(p.base(&SCAN_RESULTS), Duration::from_secs(30));
+        assert_eq!(p.base(&Category::new("other")), Duration::from_secs(60));
+        assert_eq!(p.categories().collect::<Vec<_>>(), vec![&SCAN_RESULTS]);
     }
 
     #[test]
     fn jitter_stays_in_bounds_and_spreads() {
         let p = TtlPolicy::default();
-        let draws: Vec<Duration> = (0..2000).map(|_| p.ttl(&Category::SCAN_RESULTS)).collect();
+        let draws: Vec<Duration> = (0..2000).map(|_| p.ttl(&SCAN_RESULTS)).collect();
         assert!(
             draws
                 .iter()
@@ -152,7 +151,7 @@ mod tests {
     fn invalid_settings_are_named() {
         let mut p = TtlPolicy::default();
         assert!(
-            p.set(Category::SESSIONS, Duration::ZERO)
+            p.set(SESSIONS, Duration::ZERO)
                 .unwrap_err()
                 .to_string()
                 .contains("ttl")
@@ -171,6 +170,6 @@ mod tests {
         );
         assert!(p.set_jitter(f64::NAN).is_err());
         p.set_jitter(0.0).unwrap();
-        assert_eq!(p.ttl(&Category::SESSIONS), Duration::from_secs(86_400));
+        assert_eq!(p.ttl(&SESSIONS), DEFAULT_TTL);
     }
 }

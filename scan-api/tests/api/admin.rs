@@ -72,7 +72,7 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
     // Another service's namespace on the same Redis, and a key outside any namespace.
     let other = other_namespace(&env).await;
     other
-        .insert(&other.key(&Category::SESSIONS, ["keep"]), &1u8)
+        .insert(&other.key(&Category::new("sessions"), ["keep"]), &1u8)
         .await;
     env.redis.command(&["SET", "unrelated", "1"]).unwrap();
 
@@ -143,7 +143,7 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
     assert_eq!(app.get("/api/cache/stats").await.body["total_keys"], 0);
     assert!(
         other
-            .contains(&other.key(&Category::SESSIONS, ["keep"]))
+            .contains(&other.key(&Category::new("sessions"), ["keep"]))
             .await
             .unwrap()
     );

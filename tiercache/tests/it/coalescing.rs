@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tiercache::Category;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{cache, wait_until};
+use crate::helpers::{cache, cat, wait_until};
 
 /// Holds a load open until `n` callers wait on it, so the test does not depend on timing.
 async fn until_waiting(cache: &tiercache::Cache, key: &tiercache::Key, n: usize) {
@@ -21,7 +20,7 @@ async fn until_waiting(cache: &tiercache::Cache, key: &tiercache::Key, n: usize)
 
 async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Stats) {
     let cache = cache(server).await;
-    let key = cache.key(&Category::ANALYSIS, ["cold"]);
+    let key = cache.key(&cat::ANALYSIS, ["cold"]);
     let runs = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -67,7 +66,7 @@ async fn loads_coalesce_without_redis_too() {
 async fn errors_are_shared_with_every_waiter_and_not_cached() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::ANALYSIS, ["failing"]);
+    let key = cache.key(&cat::ANALYSIS, ["failing"]);
     let runs = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..100)
         .map(|_| {
@@ -107,7 +106,7 @@ async fn errors_are_shared_with_every_waiter_and_not_cached() {
 async fn a_cancelled_leader_does_not_strand_its_waiters() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::ANALYSIS, ["cancelled"]);
+    let key = cache.key(&cat::ANALYSIS, ["cancelled"]);
     let leader_started = Arc::new(AtomicU32::new(0));
     let leader = {
         let (cache, key, started) = (cache.clone(), key.clone(), leader_started.clone());

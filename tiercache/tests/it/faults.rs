@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use tiercache::{Cache, Category};
+use tiercache::Cache;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, wait_until};
+use crate::helpers::{builder, cat, wait_until};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(50);
 const LOADER_TIME: Duration = Duration::from_millis(5);
@@ -29,7 +29,7 @@ async fn fault_cache(server: &RedisServer) -> Cache {
 async fn calls_stay_bounded(cache: &Cache, label: &str, rounds: u32) -> Duration {
     let mut slowest = Duration::ZERO;
     for i in 0..rounds {
-        let key = cache.key(&Category::SCAN_RESULTS, [label, &i.to_string()]);
+        let key = cache.key(&cat::SCAN_RESULTS, [label, &i.to_string()]);
         let start = Instant::now();
         let v = cache
             .get_with(&key, async {
@@ -60,7 +60,7 @@ async fn calls_stay_bounded(cache: &Cache, label: &str, rounds: u32) -> Duration
 
 /// Measures how long after Redis answers again the first cache hit is served.
 async fn first_hit_after_recovery(cache: &Cache) -> Duration {
-    let key = cache.key(&Category::SCAN_RESULTS, ["recovery-probe"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["recovery-probe"]);
     wait_until(
         Duration::from_secs(5),
         "a cache hit after recovery",
@@ -114,7 +114,7 @@ async fn stopped_mid_run_every_call_still_answers_in_time() {
     // With the breaker open a call does not touch Redis at all.
     let start = Instant::now();
     for i in 0..1000u32 {
-        let key = cache.key(&Category::SCAN_RESULTS, ["open", &i.to_string()]);
+        let key = cache.key(&cat::SCAN_RESULTS, ["open", &i.to_string()]);
         assert_eq!(cache.get_with(&key, async { i }).await, i);
     }
     let per_call = start.elapsed() / 1000;
@@ -136,7 +136,7 @@ async fn stopped_mid_run_every_call_still_answers_in_time() {
 async fn paused_redis_never_holds_a_caller_past_the_timeout() {
     let mut server = RedisServer::start();
     let cache = fault_cache(&server).await;
-    let key = cache.key(&Category::SCAN_RESULTS, ["warm"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["warm"]);
     cache.insert(&key, &1u32).await;
     assert_eq!(cache.get::<u32>(&key).await, Some(1));
 
@@ -150,7 +150,7 @@ async fn paused_redis_never_holds_a_caller_past_the_timeout() {
         .map(|i| {
             let cache = cache.clone();
             tokio::spawn(async move {
-                let key = cache.key(&Category::SCAN_RESULTS, ["concurrent", &i.to_string()]);
+                let key = cache.key(&cat::SCAN_RESULTS, ["concurrent", &i.to_string()]);
                 let start = Instant::now();
                 let v = cache.get_with(&key, async { i }).await;
                 (v == i, start.elapsed())
@@ -185,7 +185,7 @@ async fn restarts_in_the_middle_of_load_never_fail_a_caller() {
             let mut slowest = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
                 let n = calls % 20;
-                let key = cache.key(&Category::SCAN_RESULTS, [w.to_string(), n.to_string()]);
+                let key = cache.key(&cat::SCAN_RESULTS, [w.to_string(), n.to_string()]);
                 let start = Instant::now();
                 if cache.get_with(&key, async { w * 1000 + n }).await != w * 1000 + n {
                     wrong.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +240,7 @@ async fn a_black_holed_connection_is_replaced() {
         .build()
         .await
         .unwrap();
-    let key = cache.key(&Category::SCAN_RESULTS, ["through-proxy"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["through-proxy"]);
     cache.insert(&key, &1u32).await;
     assert_eq!(cache.get::<u32>(&key).await, Some(1));
 

@@ -1,10 +1,22 @@
 //! Shared set-up: a cache on a test's own Redis, unique namespaces, and deadline polling.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tiercache::{Cache, CacheBuilder, Key};
+
+/// The categories the tests use (the library ships none).
+pub(crate) mod cat {
+    use tiercache::Category;
+
+    pub(crate) const SCAN_RESULTS: Category = Category::from_static("scan_results");
+    pub(crate) const VULNERABILITIES: Category = Category::from_static("vulnerabilities");
+    pub(crate) const IMAGE_METADATA: Category = Category::from_static("image_metadata");
+    pub(crate) const ANALYSIS: Category = Category::from_static("analysis");
+    pub(crate) const SESSIONS: Category = Category::from_static("sessions");
+}
 use tiercache_testkit::RedisServer;
 
 /// A namespace no other cache in this process uses.
@@ -22,6 +34,11 @@ pub(crate) fn builder(server: &RedisServer) -> CacheBuilder {
         .env_prefix("test")
         .namespace(unique_namespace())
         .jitter(0.0)
+        .ttl(cat::SCAN_RESULTS, Duration::from_secs(300))
+        .ttl(cat::VULNERABILITIES, Duration::from_secs(600))
+        .ttl(cat::IMAGE_METADATA, Duration::from_secs(900))
+        .ttl(cat::ANALYSIS, Duration::from_secs(1800))
+        .ttl(cat::SESSIONS, Duration::from_secs(86_400))
 }
 
 pub(crate) async fn cache(server: &RedisServer) -> Cache {

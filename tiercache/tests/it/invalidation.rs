@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tiercache::Category;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, command_calls, dbsize, held_load, two_instances, wait_until};
+use crate::helpers::{
+    builder, cache, cat, command_calls, dbsize, held_load, two_instances, wait_until,
+};
 
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -43,27 +44,27 @@ proptest! {
             let images: Vec<String> = images.into_iter().collect();
             for image in &images {
                 let entries: Vec<_> = (0..per_image)
-                    .map(|i| (cache.key(&Category::IMAGE_METADATA, [image.as_str(), &i.to_string()]), i))
+                    .map(|i| (cache.key(&cat::IMAGE_METADATA, [image.as_str(), &i.to_string()]), i))
                     .collect();
                 cache.insert_many(&entries).await;
-                cache.insert(&cache.key(&Category::IMAGE_METADATA, [image.as_str()]), &0).await;
-                cache.insert(&cache.key(&Category::SCAN_RESULTS, [image.as_str()]), &0).await;
-                other_ns.insert(&other_ns.key(&Category::IMAGE_METADATA, [image.as_str()]), &0).await;
+                cache.insert(&cache.key(&cat::IMAGE_METADATA, [image.as_str()]), &0).await;
+                cache.insert(&cache.key(&cat::SCAN_RESULTS, [image.as_str()]), &0).await;
+                other_ns.insert(&other_ns.key(&cat::IMAGE_METADATA, [image.as_str()]), &0).await;
             }
             let target = &images[0];
             let before = dbsize(&server);
             let removed = cache
-                .invalidate_pattern(&cache.key_space().pattern(&Category::IMAGE_METADATA, [target]))
+                .invalidate_pattern(&cache.key_space().pattern(&cat::IMAGE_METADATA, [target]))
                 .await
                 .unwrap();
             prop_assert_eq!(removed, per_image as u64 + 1);
             prop_assert_eq!(dbsize(&server), before - removed);
             for image in &images {
                 let gone = image == target;
-                prop_assert_eq!(cache.contains(&cache.key(&Category::IMAGE_METADATA, [image.as_str()])).await.unwrap(), !gone);
-                prop_assert_eq!(cache.contains(&cache.key(&Category::IMAGE_METADATA, [image.as_str(), "0"])).await.unwrap(), !gone);
-                prop_assert!(cache.contains(&cache.key(&Category::SCAN_RESULTS, [image.as_str()])).await.unwrap());
-                prop_assert!(other_ns.contains(&other_ns.key(&Category::IMAGE_METADATA, [image.as_str()])).await.unwrap());
+                prop_assert_eq!(cache.contains(&cache.key(&cat::IMAGE_METADATA, [image.as_str()])).await.unwrap(), !gone);
+                prop_assert_eq!(cache.contains(&cache.key(&cat::IMAGE_METADATA, [image.as_str(), "0"])).await.unwrap(), !gone);
+                prop_assert!(cache.contains(&cache.key(&cat::SCAN_RESULTS, [image.as_str()])).await.unwrap());
+                prop_assert!(other_ns.contains(&other_ns.key(&cat::IMAGE_METADATA, [image.as_str()])).await.unwrap());
             }
             prop_assert_eq!(command_calls(&server, "keys"), 0, "KEYS must never be used");
             prop_assert!(command_calls(&server, "scan") > 5, "many SCAN pages");
@@ -78,26 +79,15 @@ async fn clear_removes_this_namespace_only() {
     let cache = cache(&server).await;
     let other = cache_with_same_env(&server).await;
     let entries: Vec<_> = (0..2500)
-        .map(|i| (cache.key(&Category::SESSIONS, [i.to_string()]), i))
+        .map(|i| (cache.key(&cat::SESSIONS, [i.to_string()]), i))
         .collect();
     cache.insert_many(&entries).await;
-    other
-        .insert(&other.key(&Category::SESSIONS, ["keep"]), &1)
-        .await;
+    other.insert(&other.key(&cat::SESSIONS, ["keep"]), &1).await;
     server.command(&["SET", "outside", "1"]).unwrap();
     assert_eq!(cache.stats().await.keys, Some(2500));
     assert_eq!(cache.clear().await.unwrap(), 2500);
-    // Left: `outside`, the other namespace's key, and each namespace's invalidation
-    // generation, which lives outside its namespace so that a clear never resets it.
-    assert_eq!(dbsize(&server), 4);
-    let generation = format!(
-        "tiercache#generation:{}",
-        cache.key_space().prefix().trim_end_matches(':')
-    );
-    assert_eq!(
-        server.command(&["EXISTS", generation.as_str()]).unwrap(),
-        ":1\r\n"
-    );
+    // Left: `outside` and the other namespace's key.
+    assert_eq!(dbsize(&server), 2);
     assert_eq!(cache.stats().await.keys, Some(0));
     assert_eq!(other.stats().await.keys, Some(1));
     for cmd in ["flushdb", "flushall", "keys"] {
@@ -120,9 +110,7 @@ async fn patterns_from_another_namespace_are_refused() {
         .unwrap_err();
     assert!(err.is_config(), "{err}");
     // A user glob is confined to the namespace.
-    other
-        .insert(&other.key(&Category::SESSIONS, ["x"]), &1)
-        .await;
+    other.insert(&other.key(&cat::SESSIONS, ["x"]), &1).await;
     let found = cache.keys(&cache.key_space().glob("*"), 100).await.unwrap();
     assert!(found.is_empty(), "{found:?}");
 }
@@ -137,8 +125,8 @@ async fn an_invalidation_during_an_outage_is_applied_before_reads_resume() {
         .build()
         .await
         .unwrap();
-    let key = cache.key(&Category::SCAN_RESULTS, ["stale"]);
-    let pattern_key = cache.key(&Category::IMAGE_METADATA, ["img", "1"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["stale"]);
+    let pattern_key = cache.key(&cat::IMAGE_METADATA, ["img", "1"]);
     cache.insert(&key, &"old").await;
     cache.insert(&pattern_key, &"old").await;
     server.pause();
@@ -149,11 +137,7 @@ async fn an_invalidation_during_an_outage_is_applied_before_reads_resume() {
     );
     assert!(
         cache
-            .invalidate_pattern(
-                &cache
-                    .key_space()
-                    .pattern(&Category::IMAGE_METADATA, ["img"])
-            )
+            .invalidate_pattern(&cache.key_space().pattern(&cat::IMAGE_METADATA, ["img"]))
             .await
             .is_err()
     );
@@ -173,11 +157,7 @@ async fn an_invalidation_during_an_outage_is_applied_before_reads_resume() {
         "the stale value was removed"
     );
     assert_eq!(cache.get::<String>(&pattern_key).await, None);
-    assert_eq!(
-        dbsize(&server),
-        1,
-        "only the invalidation generation is left"
-    );
+    assert_eq!(dbsize(&server), 0, "nothing stale is left");
 }
 
 #[tokio::test]
@@ -187,17 +167,17 @@ async fn invalidations_report_what_they_removed() {
     let names: BTreeSet<String> = (0..10).map(|i| format!("n{i}")).collect();
     for n in &names {
         cache
-            .insert(&cache.key(&Category::VULNERABILITIES, [n.as_str()]), &1)
+            .insert(&cache.key(&cat::VULNERABILITIES, [n.as_str()]), &1)
             .await;
     }
     cache
-        .invalidate(&cache.key(&Category::VULNERABILITIES, ["n0"]))
+        .invalidate(&cache.key(&cat::VULNERABILITIES, ["n0"]))
         .await;
     let removed = cache
         .invalidate_pattern(
             &cache
                 .key_space()
-                .pattern(&Category::VULNERABILITIES, Vec::<&str>::new()),
+                .pattern(&cat::VULNERABILITIES, Vec::<&str>::new()),
         )
         .await
         .unwrap();
@@ -212,7 +192,7 @@ async fn invalidations_report_what_they_removed() {
 async fn a_slow_reader_never_stores_a_value_an_invalidation_made_stale() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::SCAN_RESULTS, ["raced"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["raced"]);
     // The reader reads the source before the write...
     let reader = held_load(&cache, &key, || "old".to_string()).await;
     cache.invalidate(&key).await; // ...the writer's invalidation, after its commit...
@@ -242,7 +222,7 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
     for write in ["clear", "key", "pattern", "insert", "insert_many"] {
         // A fresh namespace each time: the generation starts absent, the hardest case.
         let (a, b) = two_instances(&server).await;
-        let key = b.key(&Category::SCAN_RESULTS, ["raced", write]);
+        let key = b.key(&cat::SCAN_RESULTS, ["raced", write]);
         let reader = held_load(&b, &key, || "old".to_string()).await;
         let expected = match write {
             "clear" => {
@@ -254,7 +234,7 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
                 None
             }
             "pattern" => {
-                let p = a.key_space().pattern(&Category::SCAN_RESULTS, ["raced"]);
+                let p = a.key_space().pattern(&cat::SCAN_RESULTS, ["raced"]);
                 a.invalidate_pattern(&p).await.unwrap();
                 None
             }
@@ -279,7 +259,7 @@ async fn a_slow_load_elsewhere_never_undoes_an_invalidation() {
 async fn an_invalidation_while_redis_is_out_of_memory_is_not_undone() {
     let server = RedisServer::start();
     let (a, b) = two_instances(&server).await;
-    let key = b.key(&Category::SCAN_RESULTS, ["oom"]);
+    let key = b.key(&cat::SCAN_RESULTS, ["oom"]);
     let reader = held_load(&b, &key, || "old".to_string()).await;
     let config = |value: &str| {
         let reply = server
@@ -306,7 +286,7 @@ async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let server = RedisServer::start();
     let (a, b) = two_instances(&server).await;
-    let key = b.key(&Category::SCAN_RESULTS, ["coalesced"]);
+    let key = b.key(&cat::SCAN_RESULTS, ["coalesced"]);
     let source = Arc::new(AtomicU32::new(1));
     let leader = {
         let source = source.clone();
@@ -350,7 +330,7 @@ async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
 async fn callers_after_an_invalidation_never_join_an_older_load() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::ANALYSIS, ["slow"]);
+    let key = cache.key(&cat::ANALYSIS, ["slow"]);
     let old_reader = held_load(&cache, &key, || "old".to_string()).await;
     cache.invalidate(&key).await;
     let fresh = tokio::time::timeout(

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use tiercache::{Cache, CacheStatus, Category, Key};
+use tiercache::{Cache, CacheStatus, Key};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, command_calls, unique_namespace, wait_until};
+use crate::helpers::{builder, cat, command_calls, unique_namespace, wait_until};
 
 const CAPACITY: u64 = 8 << 20;
 
@@ -66,7 +66,7 @@ fn silent_set(server: &RedisServer, key: &Key, value: u8) {
 async fn repeated_reads_are_served_in_process() {
     let server = RedisServer::start();
     let cache = tiered(&server, &unique_namespace()).await;
-    let key = cache.key(&Category::SCAN_RESULTS, ["nginx"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["nginx"]);
     let (v, status) = cache
         .try_get_with_status(&key, async { Ok::<_, ()>("v1".to_string()) })
         .await
@@ -91,8 +91,8 @@ async fn writes_reach_the_tiers_of_other_instances() {
     let ns = unique_namespace();
     let (a, b) = (tiered(&server, &ns).await, tiered(&server, &ns).await);
     let plain = untiered(&server, &ns).await;
-    let key = b.key(&Category::IMAGE_METADATA, ["app"]);
-    let other = b.key(&Category::IMAGE_METADATA, ["other"]);
+    let key = b.key(&cat::IMAGE_METADATA, ["app"]);
+    let other = b.key(&cat::IMAGE_METADATA, ["other"]);
     assert_eq!(b.get_with(&key, async { 1u32 }).await, 1);
     assert_eq!(b.get_with(&other, async { 1u32 }).await, 1);
 
@@ -119,7 +119,7 @@ async fn writes_reach_the_tiers_of_other_instances() {
     // So do a key invalidation, a pattern invalidation and a clear.
     a.invalidate(&key).await;
     reads_soon(&b, &key, None, "b sees a's invalidation").await;
-    a.invalidate_pattern(&a.key_space().pattern(&Category::IMAGE_METADATA, ["other"]))
+    a.invalidate_pattern(&a.key_space().pattern(&cat::IMAGE_METADATA, ["other"]))
         .await
         .unwrap();
     reads_soon(&b, &other, None, "b sees a's pattern").await;
@@ -141,7 +141,7 @@ async fn a_lost_channel_drops_the_tier() {
     let server = RedisServer::start();
     let ns = unique_namespace();
     let cache = tiered(&server, &ns).await;
-    let key = cache.key(&Category::SESSIONS, ["s"]);
+    let key = cache.key(&cat::SESSIONS, ["s"]);
     assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
     silent_set(&server, &key, 2);
     assert_eq!(cache.get::<u32>(&key).await, Some(1), "served by the tier");
@@ -161,7 +161,7 @@ async fn a_lost_channel_drops_the_tier() {
 async fn redis_lost_and_back_leaves_nothing_stale() {
     let mut server = RedisServer::start();
     let cache = tiered(&server, &unique_namespace()).await;
-    let key = cache.key(&Category::SESSIONS, ["s"]);
+    let key = cache.key(&cat::SESSIONS, ["s"]);
     assert_eq!(cache.get_with(&key, async { 1u32 }).await, 1);
     server.stop();
     wait_until(Duration::from_secs(3), "reads bypass the cache", || async {
@@ -212,7 +212,7 @@ async fn no_read_after_an_invalidation_sees_an_older_value_without_the_tier() {
 
 /// Readers race a writer that publishes 300 versions; returns the tier's hits.
 async fn reads_never_go_back(cache: &Cache) -> u64 {
-    let key = cache.key(&Category::SCAN_RESULTS, ["hot"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["hot"]);
     let source = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -340,11 +340,11 @@ async fn the_tier_stays_within_its_capacity() {
         .unwrap();
     wait_live(&cache, true).await;
     let big = vec![7u8; 100 * 1024];
-    let key = cache.key(&Category::SESSIONS, ["big"]);
+    let key = cache.key(&cat::SESSIONS, ["big"]);
     cache.insert(&key, &big).await;
     assert_eq!(cache.get::<Vec<u8>>(&key).await.as_deref(), Some(&big[..]));
     for i in 0..200 {
-        let k = cache.key(&Category::SESSIONS, [i.to_string()]);
+        let k = cache.key(&cat::SESSIONS, [i.to_string()]);
         cache.get_with(&k, async { vec![1u8; 1024] }).await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -381,7 +381,7 @@ async fn a_silent_channel_is_found_by_its_heartbeats() {
         .unwrap();
     wait_live(&cache, true).await;
     let peer = tiered(&server, &ns).await;
-    let key = cache.key(&Category::SESSIONS, ["s"]);
+    let key = cache.key(&cat::SESSIONS, ["s"]);
 
     proxy.blackhole_existing();
     let took = wait_until(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tiercache::{Category, Codec};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, command_calls, dbsize, wait_until};
+use crate::helpers::{builder, cache, cat, command_calls, dbsize, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Scan {
@@ -29,7 +29,7 @@ fn scan(id: u64) -> Scan {
 async fn insert_then_get_round_trips_typed_values() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::SCAN_RESULTS, ["1"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["1"]);
     assert_eq!(cache.get::<Scan>(&key).await, None);
     assert!(!cache.contains(&key).await.unwrap());
     cache.insert(&key, &scan(1)).await;
@@ -55,7 +55,7 @@ async fn every_codec_round_trips_and_reads_the_others() {
         );
     }
     for (i, writer) in caches.iter().enumerate() {
-        let key = writer.key(&Category::SCAN_RESULTS, [i.to_string()]);
+        let key = writer.key(&cat::SCAN_RESULTS, [i.to_string()]);
         writer.insert(&key, &scan(i as u64)).await;
         for reader in &caches {
             assert_eq!(reader.get::<Scan>(&key).await, Some(scan(i as u64)));
@@ -67,12 +67,12 @@ async fn every_codec_round_trips_and_reads_the_others() {
 async fn values_are_written_with_their_expiry_in_one_set() {
     let server = RedisServer::start();
     let cache = builder(&server)
-        .ttl(Category::SCAN_RESULTS, Duration::from_secs(300))
+        .ttl(cat::SCAN_RESULTS, Duration::from_secs(300))
         .jitter(0.1)
         .build()
         .await
         .unwrap();
-    let key = cache.key(&Category::SCAN_RESULTS, ["ttl"]);
+    let key = cache.key(&cat::SCAN_RESULTS, ["ttl"]);
     cache.insert(&key, &scan(2)).await;
     let ttl = cache.ttl(&key).await.unwrap().expect("a TTL");
     assert!(
@@ -83,7 +83,7 @@ async fn values_are_written_with_their_expiry_in_one_set() {
     for cmd in ["expire", "pexpire"] {
         assert_eq!(command_calls(&server, cmd), 0, "{cmd} must never be used");
     }
-    let missing = cache.key(&Category::SCAN_RESULTS, ["missing"]);
+    let missing = cache.key(&cat::SCAN_RESULTS, ["missing"]);
     assert_eq!(cache.ttl(&missing).await.unwrap(), None);
 }
 
@@ -122,7 +122,7 @@ async fn batches_take_one_round_trip() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
     let keys: Vec<_> = (0..50)
-        .map(|i| cache.key(&Category::VULNERABILITIES, [i.to_string()]))
+        .map(|i| cache.key(&cat::VULNERABILITIES, [i.to_string()]))
         .collect();
     let entries: Vec<_> = keys
         .iter()
@@ -149,7 +149,7 @@ async fn batches_take_one_round_trip() {
 async fn a_value_that_does_not_decode_is_a_miss_and_is_deleted() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::IMAGE_METADATA, ["corrupt"]);
+    let key = cache.key(&cat::IMAGE_METADATA, ["corrupt"]);
     server
         .command(&["SET", key.as_str(), "not an envelope"])
         .unwrap();
@@ -187,7 +187,7 @@ async fn acl_users_and_passwords_are_supported() {
         .await
         .unwrap();
     assert!(alice.is_connected());
-    let key = alice.key(&Category::SESSIONS, ["s1"]);
+    let key = alice.key(&cat::SESSIONS, ["s1"]);
     alice.insert(&key, &1u8).await;
     assert_eq!(alice.get::<u8>(&key).await, Some(1));
 
@@ -240,14 +240,14 @@ proptest! {
             for op in ops {
                 match op {
                     Op::Read(k) => {
-                        let key = cache.key(&Category::SCAN_RESULTS, [k.to_string()]);
+                        let key = cache.key(&cat::SCAN_RESULTS, [k.to_string()]);
                         let truth = source.get(&k).copied();
                         let got = cache.get_with(&key, async { truth }).await;
                         prop_assert_eq!(got, truth);
                     }
                     Op::Write(k, v) => {
                         source.insert(k, v);
-                        cache.invalidate(&cache.key(&Category::SCAN_RESULTS, [k.to_string()])).await;
+                        cache.invalidate(&cache.key(&cat::SCAN_RESULTS, [k.to_string()])).await;
                     }
                 }
             }
@@ -261,7 +261,7 @@ async fn the_status_says_where_a_value_came_from() {
     use tiercache::CacheStatus;
     let mut server = RedisServer::start();
     let cache = cache(&server).await;
-    let key = cache.key(&Category::ANALYSIS, ["status"]);
+    let key = cache.key(&cat::ANALYSIS, ["status"]);
     let load = || async { Ok::<_, std::io::Error>(1u8) };
     assert_eq!(
         cache.try_get_with_status(&key, load()).await.unwrap(),
@@ -284,7 +284,7 @@ async fn a_disabled_cache_never_touches_redis() {
     use tiercache::CacheStatus;
     let server = RedisServer::start();
     let cache = builder(&server).enabled(false).build().await.unwrap();
-    let key = cache.key(&Category::ANALYSIS, ["off"]);
+    let key = cache.key(&cat::ANALYSIS, ["off"]);
     for _ in 0..3 {
         let (v, status) = cache
             .try_get_with_status(&key, async { Ok::<_, std::io::Error>(5u8) })
@@ -303,8 +303,8 @@ async fn a_disabled_cache_never_touches_redis() {
 }
 
 /// The least privileges the README documents are enough for everything, the in-process tier
-/// and its channel included: keys of the namespace and its generation key, the namespace's
-/// channel, and the listed commands.
+/// and its channel included: keys of the namespace and its tag versions, the namespace's
+/// channels, and the listed commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_least_privileges_are_enough() {
     let server = RedisServer::start_with_args(&[
@@ -313,8 +313,8 @@ async fn the_documented_least_privileges_are_enough() {
         "on",
         ">pw",
         "~test:least:*",
-        "~tiercache#generation:test:least",
-        "&test:least:__invalidations",
+        "~tiercache#tag:test:least:*",
+        "&test:least:__invalidations*",
         "-@all",
         "+get",
         "+set",
@@ -322,11 +322,9 @@ async fn the_documented_least_privileges_are_enough() {
         "+unlink",
         "+scan",
         "+pttl",
-        "+exists",
+        "+pexpire",
+        "+getrange",
         "+strlen",
-        "+hset",
-        "+hsetnx",
-        "+hmget",
         "+eval",
         "+evalsha",
         "+script|load",
@@ -348,12 +346,12 @@ async fn the_documented_least_privileges_are_enough() {
         cache.stats().await.local.is_some_and(|l| l.live)
     })
     .await;
-    let key = cache.key(&Category::SESSIONS, ["s"]);
+    let key = cache.key(&cat::SESSIONS, ["s"]);
     assert_eq!(cache.get_with(&key, async { 1u8 }).await, 1);
     assert_eq!(cache.get::<u8>(&key).await, Some(1));
     cache.insert(&key, &2u8).await;
     assert_eq!(cache.get::<u8>(&key).await, Some(2));
-    let many = [(cache.key(&Category::SESSIONS, ["m"]), 3u8)];
+    let many = [(cache.key(&cat::SESSIONS, ["m"]), 3u8)];
     cache.insert_many(&many).await;
     assert_eq!(
         cache.get_many::<u8>(&[many[0].0.clone()]).await,
@@ -361,8 +359,16 @@ async fn the_documented_least_privileges_are_enough() {
     );
     assert!(cache.ttl(&key).await.unwrap().is_some());
     assert!(cache.contains(&key).await.unwrap());
+    let user = tiercache::Tag::new("user", ["1"]);
+    let tagged = cache.key(&cat::SESSIONS, ["t"]).with_tags([user.clone()]);
+    assert_eq!(cache.get_with(&tagged, async { 4u8 }).await, 4);
+    assert_eq!(cache.get::<u8>(&tagged).await, Some(4));
+    cache.invalidate_tag(&user).await;
+    assert_eq!(cache.get::<u8>(&tagged).await, None);
+    // A tag invalidation leaves the stale value to its TTL; this test counts what a clear finds.
+    cache.invalidate(&tagged).await;
     cache.invalidate(&key).await;
-    let p = cache.key_space().pattern(&Category::SESSIONS, ["m"]);
+    let p = cache.key_space().pattern(&cat::SESSIONS, ["m"]);
     assert_eq!(cache.invalidate_pattern(&p).await.unwrap(), 1);
     assert_eq!(cache.clear().await.unwrap(), 0);
     let stats = cache.stats().await;

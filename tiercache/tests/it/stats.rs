@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use tiercache::Category;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache};
+use crate::helpers::{builder, cache, cat};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -26,9 +26,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn category(k: u8) -> Category {
     if k.is_multiple_of(2) {
-        Category::SCAN_RESULTS
+        cat::SCAN_RESULTS
     } else {
-        Category::VULNERABILITIES
+        cat::VULNERABILITIES
     }
 }
 
@@ -97,7 +97,7 @@ async fn redis_side_figures_come_from_info() {
             .iter()
             .map(|i| {
                 (
-                    cache.key(&Category::SCAN_RESULTS, [i.to_string()]),
+                    cache.key(&cat::SCAN_RESULTS, [i.to_string()]),
                     value.clone(),
                 )
             })

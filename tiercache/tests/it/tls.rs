@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use tiercache::Category;
 use tiercache_testkit::RedisServer;
+
+use crate::helpers::cat;
 
 use crate::helpers::builder;
 
@@ -118,7 +119,7 @@ async fn rediss_with_a_private_ca() {
         .await
         .unwrap();
     assert!(cache.is_connected(), "TLS handshake with the private CA");
-    let key = cache.key(&Category::SESSIONS, ["over-tls"]);
+    let key = cache.key(&cat::SESSIONS, ["over-tls"]);
     cache.insert(&key, &"secret session").await;
     assert_eq!(
         cache.get::<String>(&key).await.as_deref(),

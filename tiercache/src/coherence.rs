@@ -1,0 +1,938 @@
+//! Coherence: the one home for the rules that keep every read at least as new as every
+//! acknowledged write, in this instance at once and in every other within a bounded Δ.
+//!
+//! The façade (`cache`) asks four things of it: *note* a ticket before a read or a load, *lease*
+//! a key before a load reads the source, *fill* with the ticket and the lease (stored, or refused
+//! because something changed since), and *apply* a change (keys, a pattern, tags, a clear, or
+//! overwrites). The channel task (`bus`) hands it other instances' notices and this instance's
+//! heartbeats. Every mechanism below closes one race; the test that fails without it is named.
+//!
+//! # In Redis: a lease per key ("Scaling Memcache at Facebook", §3.2.1)
+//! A load first *leases* its key: a Lua script stores a lease (a random token, byte 0 = 0) where
+//! the value would be, unless a value is there. The load then reads the source, and its value is
+//! stored by a second script only if the key still holds that very lease. Any invalidation of
+//! the key (UNLINK), overwrite (SET), pattern sweep or clear since the lease was taken removed
+//! it, so a value loaded before a write, by any instance, can never be stored after the write's
+//! invalidation. Only *that key's* changes refuse a load: loads of other keys, of the same
+//! category, are unaffected (the per-category generation this replaces refused them all).
+//! Another loader's lease is taken over (its holder may have died; it only loses its fill).
+//! Races closed: `a_slow_load_elsewhere_never_undoes_an_invalidation`,
+//! `an_invalidation_while_redis_is_out_of_memory_is_not_undone` (tests/it/invalidation.rs).
+//!
+//! # Tags: versions, checked when read
+//! A tag's version is a random token under `tiercache#tag:{env}:{namespace}:{tag}`. A load notes
+//! the versions of its key's tags in the lease's round trip (creating missing ones), and the value
+//! carries them (see `codec`). Invalidating a tag removes its version key: one command, however
+//! many entries carry it, no member sets, no clocks. A read compares the versions a value
+//! carries with the current ones (fetched in the same round trip when the key names its tags),
+//! so an entry filled before the invalidation is never served after it. Races closed:
+//! `a_slow_load_elsewhere_never_undoes_a_tag_invalidation`, `tag_invalidations_hold_across_instances`
+//! (tests/it/tags.rs).
+//!
+//! # Waiters of a refused load
+//! Callers coalesced on a load (`coalesce`) share its value only if it was stored, or if they
+//! joined before the load began to read the source: a refused store means some write overlapped
+//! the load, and a caller that joined later may have seen that write acknowledged. Race closed:
+//! `a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load`.
+//!
+//! # In process: versions per key stripe, per tag stripe, per scope and per session
+//! A [`Ticket`] notes, before a read is sent or a load begins, the version of the key's stripe
+//! (one of 4096), of its tags' stripes, of the pattern scope and of the tier session. Every
+//! change (local, or a notice from another instance) moves the versions it concerns under the
+//! write side of a lock (`gate`), and a fill of the tier checks its ticket under the read side,
+//! so a fill either lands before the move (and the drop that follows removes it) or sees the move
+//! and stores nothing. Callers after a change never join a load that began before it: the
+//! coalescing flight is named by the ticket. Local changes move the versions both before and
+//! after their Redis change: a read sent just before the change reached Redis may have seen the
+//! old value *and* the first move. Races closed: `no_read_after_an_invalidation_sees_an_older_value`
+//! (tests/it/local.rs, found the missing second move), `callers_after_an_invalidation_never_join_an_older_load`.
+//!
+//! # The tier's lease: no stale tier while Redis hangs
+//! Other instances' changes reach this tier as notices on a Redis pub/sub channel, which may go
+//! silent without closing (Redis paused, a connection black-holed). So the tier serves only
+//! within a lease of [`DEFAULT_LOCAL_LEASE`] (`CacheBuilder::local_lease`): each instance
+//! publishes a heartbeat on its own channel every fifth of the lease, through its command
+//! connection, stamped with the time it was sent; hearing it back proves that every notice Redis
+//! handled before it has been applied here (one subscription delivers in order). A hit needs the
+//! last heartbeat heard to have been sent less than a lease ago. When the lease lapses (or the
+//! subscription is lost) the tier is dropped (a new session), and a fill noted in an older
+//! session is refused. Race closed: `a_hung_redis_never_leaves_a_stale_tier` (tests/it/local.rs).
+//!
+//! # Writers: changes always sent, owed when they fail, and the lease waited out
+//! A change is sent even while the breaker is open (reads are not), together with its notice in
+//! one round trip: a merely paused Redis then applies it, in order, before anything sent later.
+//! A change that fails fast (a connection being replaced) is retried within the lease. One that
+//! fails for good is owed (`invalidation`): the breaker opens, and recovery replays it before
+//! Redis is read again. And before it returns, the writer waits until a lease has passed since
+//! Redis began failing: by then no tier anywhere can still serve from before the write, because
+//! none can have heard a heartbeat since. So Δ, the time after a write's acknowledgement during
+//! which another instance may still serve the older value, is the notice's delivery time while
+//! Redis works, and at most one lease in any fault; a write costs at most one lease more during
+//! the first lease of a fault. Checked over random faults by `chaos::reads_never_go_back_under_faults`
+//! (tests/it/chaos.rs), which reports violations for a naive two-tier cache.
+//!
+//! # Standalone
+//! Without Redis (`Mode::Standalone`) the tier is the cache: always live, changes local only.
+
+use std::any::Any;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::bus::{Channel, Notice};
+use crate::codec::Sealed;
+use crate::error::Result;
+use crate::invalidation::PendingInvalidations;
+use crate::key::{Key, KeySpace, Pattern, Tag};
+use crate::local::{Entry, Local};
+use crate::remote::{Leased, Remote, TagNote, Take, Via};
+use crate::stats::Counters;
+
+/// Default length of the in-process tier's lease: the Δ of a fault (see the module docs).
+pub const DEFAULT_LOCAL_LEASE: Duration = Duration::from_millis(100);
+
+/// Stripes of the per-key versions: two keys share one with probability 1/4096, which only
+/// refuses an occasional fill of the tier or splits a coalesced load.
+const KEY_STRIPES: usize = 4096;
+/// Stripes of the per-tag versions.
+const TAG_STRIPES: usize = 1024;
+
+/// After a change fails fast (a connection being replaced), it is sent again this much later,
+/// within the lease.
+const RESEND_AFTER: Duration = Duration::from_millis(10);
+
+/// What a change targets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target<'a> {
+    Keys(&'a [&'a str]),
+    Pattern(&'a Pattern),
+    Tags(&'a [Tag]),
+    /// The whole namespace.
+    Clear,
+}
+
+/// A change of cached data, applied here, in Redis and in every other instance's tier.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Change<'a> {
+    /// Removal.
+    Invalidate(Target<'a>),
+    /// New values (`insert`): each key, its encoded value and its TTL.
+    Overwrite(&'a [(&'a str, &'a [u8], Duration)]),
+}
+
+/// How the cache is deployed, as coherence sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Redis is the shared store; a tier, if any, follows the channel.
+    Shared,
+    /// No Redis: the tier is the store and changes are local.
+    Standalone,
+}
+
+/// In-process versions, moved by changes and checked by fills.
+#[derive(Debug)]
+struct Versions {
+    keys: Box<[AtomicU64]>,
+    tags: Box<[AtomicU64]>,
+    /// Moved by pattern invalidations (which cannot name their keys in advance).
+    scope: AtomicU64,
+    /// Moved whenever the whole tier is dropped: a clear, a lapsed lease, a lost channel.
+    session: AtomicU64,
+    /// Fills of the tier check their ticket and insert under the read side; moves take the
+    /// write side. A std lock: both sides hold it for a few instructions, never across an
+    /// `.await`.
+    gate: RwLock<()>,
+    /// Fixed per process, so a key always maps to the same stripe.
+    hasher: RandomState,
+}
+
+impl Versions {
+    fn new() -> Self {
+        Self {
+            keys: (0..KEY_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            tags: (0..TAG_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            scope: AtomicU64::new(0),
+            session: AtomicU64::new(0),
+            gate: RwLock::new(()),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn key_stripe(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) % KEY_STRIPES as u64) as usize
+    }
+
+    fn tag_stripe(&self, tag: &Tag) -> u32 {
+        (self.hasher.hash_one(tag.as_str()) % TAG_STRIPES as u64) as u32
+    }
+
+    /// Runs `f` (which moves versions) exclusively of fills.
+    fn moving(&self, f: impl FnOnce(&Self)) {
+        let _exclusive = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        f(self);
+    }
+}
+
+/// What a read or a load noted before it began: the versions its result must still match to be
+/// put in the tier.
+#[derive(Clone, Debug)]
+pub(crate) struct Ticket {
+    key: (usize, u64),
+    scope: u64,
+    session: u64,
+    tags: Vec<(u32, u64)>,
+}
+
+impl Ticket {
+    fn is_current(&self, v: &Versions) -> bool {
+        v.keys[self.key.0].load(SeqCst) == self.key.1
+            && v.scope.load(SeqCst) == self.scope
+            && v.session.load(SeqCst) == self.session
+            && self
+                .tags
+                .iter()
+                .all(|&(i, seen)| v.tags[i as usize].load(SeqCst) == seen)
+    }
+
+    /// The coalescing name of a load of `key` begun with this ticket: callers after a change of
+    /// the key (or of one of its tags, or a pattern) name another flight.
+    pub(crate) fn flight(&self, key: &Key) -> String {
+        use std::fmt::Write;
+        let mut name = format!("{}.{}", self.key.1, self.scope);
+        for (_, seen) in &self.tags {
+            let _ = write!(name, ".{seen}");
+        }
+        name.push('#');
+        name.push_str(key.as_str());
+        name
+    }
+}
+
+/// A lease on a key in Redis, held by a load, and the tag versions it noted.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    token: Vec<u8>,
+    /// The versions of the key's tags (in the key's order) when the lease was taken.
+    pub(crate) tag_versions: Vec<Vec<u8>>,
+}
+
+/// What leasing a key found.
+#[derive(Debug)]
+pub(crate) enum Leasing {
+    /// The lease is ours.
+    Leased(Lease),
+    /// A value was stored meanwhile (to be checked by the caller like any read).
+    Found(Vec<u8>),
+}
+
+/// The tier's lease on the channel (see the module docs).
+#[derive(Debug)]
+struct TierLease {
+    /// Time zero of the stamps below.
+    base: Instant,
+    /// When the last heartbeat heard back was sent, in ns since `base`, plus one; 0: none since
+    /// the channel was last lost.
+    heard: AtomicU64,
+    length: Duration,
+}
+
+impl TierLease {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+    }
+
+    fn length_ns(&self) -> u64 {
+        u64::try_from(self.length.as_nanos()).unwrap_or(u64::MAX / 4)
+    }
+
+    fn is_live(&self) -> bool {
+        let heard = self.heard.load(SeqCst);
+        heard != 0 && self.now() < heard - 1 + self.length_ns()
+    }
+}
+
+/// Settings of coherence.
+#[derive(Debug)]
+pub(crate) struct CoherenceConfig {
+    pub(crate) keys: KeySpace,
+    pub(crate) scope: Scope,
+    /// Bytes for the tier; 0 for none.
+    pub(crate) local_capacity: u64,
+    pub(crate) local_max_ttl: Duration,
+    pub(crate) local_lease: Duration,
+    /// The longest a load may take and still be stored (the Redis lease's TTL).
+    pub(crate) max_load_time: Duration,
+}
+
+/// The coherence protocol of one cache (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Coherence {
+    keys: KeySpace,
+    tag_prefix: String,
+    scope: Scope,
+    /// Shared with the recovery task.
+    pub(crate) remote: Arc<Remote>,
+    local: Option<Local>,
+    local_max_ttl: Duration,
+    max_load_time: Duration,
+    versions: Versions,
+    lease: TierLease,
+    pub(crate) channel: Channel,
+    pending: PendingInvalidations,
+    counters: Arc<Counters>,
+    lapses: AtomicU64,
+    channel_losses: AtomicU64,
+}
+
+impl Coherence {
+    pub(crate) fn new(
+        config: CoherenceConfig,
+        remote: Arc<Remote>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let channel = Channel::new(&config.keys);
+        Self {
+            tag_prefix: config.keys.tag_prefix(),
+            pending: PendingInvalidations::new(config.keys.namespace_pattern()),
+            keys: config.keys,
+            scope: config.scope,
+            remote,
+            local: (config.local_capacity > 0).then(|| Local::new(config.local_capacity)),
+            local_max_ttl: config.local_max_ttl,
+            max_load_time: config.max_load_time,
+            versions: Versions::new(),
+            lease: TierLease {
+                base: Instant::now(),
+                heard: AtomicU64::new(0),
+                length: config.local_lease,
+            },
+            channel,
+            counters,
+            lapses: AtomicU64::new(0),
+            channel_losses: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_standalone(&self) -> bool {
+        self.scope == Scope::Standalone
+    }
+
+    /// Whether this cache has an in-process tier.
+    pub(crate) fn has_tier(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// Whether the tier may serve now: always standalone, else within the lease.
+    pub(crate) fn tier_live(&self) -> bool {
+        self.local.is_some() && (self.is_standalone() || self.lease.is_live())
+    }
+
+    pub(crate) fn local_lease(&self) -> Duration {
+        self.lease.length
+    }
+
+    /// The Redis keys of `key`'s tags' versions.
+    pub(crate) fn tag_keys(&self, key: &Key) -> Vec<String> {
+        key.tags().iter().map(|t| self.keys.tag_key(t)).collect()
+    }
+
+    /// A ticket for a read or load of `key` that begins now.
+    pub(crate) fn note(&self, key: &Key) -> Ticket {
+        let v = &self.versions;
+        let stripe = v.key_stripe(key.as_str());
+        Ticket {
+            key: (stripe, v.keys[stripe].load(SeqCst)),
+            scope: v.scope.load(SeqCst),
+            session: v.session.load(SeqCst),
+            tags: key
+                .tags()
+                .iter()
+                .map(|t| {
+                    let i = v.tag_stripe(t);
+                    (i, v.tags[i as usize].load(SeqCst))
+                })
+                .collect(),
+        }
+    }
+
+    /// The tier's value for `key`, if it may be served: the tier is live, the entry was filled
+    /// in the current session, and none of its tags moved since its read began.
+    pub(crate) fn tier_get(&self, key: &Key) -> Option<Arc<dyn Any + Send + Sync>> {
+        let local = self.local.as_ref()?;
+        if !self.is_standalone() && !self.lease.is_live() {
+            return None;
+        }
+        let entry = local.get(key.as_str())?;
+        let v = &self.versions;
+        if entry.session != v.session.load(SeqCst) {
+            return None;
+        }
+        if let Some(tags) = &entry.tags
+            && tags
+                .iter()
+                .any(|&(i, seen)| v.tags[i as usize].load(SeqCst) != seen)
+        {
+            return None;
+        }
+        Some(entry.value)
+    }
+
+    /// Puts `value` (read or loaded with `ticket`, `weight` bytes encoded) in the tier for at
+    /// most `ttl`, unless something it depends on moved since the ticket was noted or the tier
+    /// is not live. Returns whether it did.
+    pub(crate) fn tier_fill(
+        &self,
+        key: &Key,
+        ticket: &Ticket,
+        value: Arc<dyn Any + Send + Sync>,
+        weight: usize,
+        ttl: Duration,
+    ) -> bool {
+        let Some(local) = &self.local else {
+            return false;
+        };
+        let ttl = if self.is_standalone() {
+            ttl
+        } else {
+            ttl.min(self.local_max_ttl)
+        };
+        let tags = (!ticket.tags.is_empty()).then(|| Arc::from(ticket.tags.as_slice()));
+        let _shared = self
+            .versions
+            .gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !ticket.is_current(&self.versions) || !self.tier_live() {
+            return false;
+        }
+        local.insert(
+            key.as_str(),
+            Entry {
+                value,
+                session: ticket.session,
+                tags,
+                weight: u32::try_from(weight).unwrap_or(u32::MAX),
+                ttl,
+            },
+        );
+        true
+    }
+
+    /// Leases `key` in Redis for a load whose value will live `ttl`, noting its tags' versions:
+    /// one round trip. `take` says whether a value found there may be replaced (it is stale).
+    pub(crate) async fn lease(&self, key: &Key, ttl: Duration, take: Take) -> Result<Leasing> {
+        let token = lease_token();
+        let tag_keys = self.tag_keys(key);
+        let fresh: Vec<String> = tag_keys.iter().map(|_| version_token()).collect();
+        let life = ttl.saturating_add(self.max_load_time);
+        let notes: Vec<TagNote<'_>> = tag_keys
+            .iter()
+            .zip(&fresh)
+            .map(|(key, fresh)| TagNote { key, fresh, life })
+            .collect();
+        let (leased, tag_versions) = self
+            .remote
+            .lease(key.as_str(), &token, self.max_load_time, take, &notes)
+            .await?;
+        Ok(match leased {
+            Leased::Taken => Leasing::Leased(Lease {
+                token,
+                tag_versions,
+            }),
+            Leased::Found(bytes) => Leasing::Found(bytes),
+        })
+    }
+
+    /// Returns the lease of a load that will not fill (it failed or was cancelled), so that
+    /// the next reader need not take it over. In the background: the caller may be gone.
+    pub(crate) fn release(&self, key: &Key, lease: Lease) {
+        let (remote, key) = (self.remote.clone(), key.as_str().to_owned());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = remote.release(&key, &lease.token).await;
+            });
+        }
+    }
+
+    /// Whether the tag versions that `sealed` carries are still current. `fetched` holds the
+    /// current versions of `key`'s own tags (read with the value); versions of other tags the
+    /// value carries are fetched here (one more round trip).
+    pub(crate) async fn is_current(
+        &self,
+        key: &Key,
+        sealed: &Sealed<'_>,
+        fetched: &[Option<Vec<u8>>],
+    ) -> Result<bool> {
+        let mut unknown: Vec<(&[u8], String)> = Vec::new();
+        for (tag, seen) in &sealed.tags {
+            match key.tags().iter().position(|t| t.as_str() == *tag) {
+                Some(i) => {
+                    if fetched.get(i).and_then(Option::as_deref) != Some(*seen) {
+                        return Ok(false);
+                    }
+                }
+                None => unknown.push((seen, format!("{}{tag}", self.tag_prefix))),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(true);
+        }
+        let keys: Vec<String> = unknown.iter().map(|(_, k)| k.clone()).collect();
+        let now = self.remote.tag_versions(&keys).await?;
+        Ok(unknown
+            .iter()
+            .zip(now)
+            .all(|((seen, _), now)| now.as_deref() == Some(*seen)))
+    }
+
+    /// Stores a loaded value: in Redis if `lease` is still held there and the tags noted with
+    /// it have not moved, then in the tier if `ticket` is still current. Standalone, the tier
+    /// is the store. Returns whether the value was stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn fill(
+        &self,
+        key: &Key,
+        ticket: &Ticket,
+        lease: Option<&Lease>,
+        bytes: &[u8],
+        ttl: Duration,
+        value: Arc<dyn Any + Send + Sync>,
+    ) -> bool {
+        if self.is_standalone() {
+            let stored = self.tier_fill(key, ticket, value, bytes.len(), ttl);
+            if stored {
+                self.counters.sets(1);
+            }
+            return stored;
+        }
+        let Some(lease) = lease else {
+            return false;
+        };
+        let tag_keys = self.tag_keys(key);
+        let stored = match self
+            .remote
+            .fill(key.as_str(), &lease.token, bytes, ttl, &tag_keys)
+            .await
+        {
+            Ok((true, now)) => {
+                self.counters.sets(1);
+                let same = now.len() == lease.tag_versions.len()
+                    && now
+                        .iter()
+                        .zip(&lease.tag_versions)
+                        .all(|(now, noted)| now.as_deref() == Some(noted.as_slice()));
+                if !same {
+                    tracing::debug!(
+                        key = key.as_str(),
+                        "a tag was invalidated during the load; its value is stored but stale"
+                    );
+                }
+                same
+            }
+            Ok((false, _)) => {
+                tracing::debug!(
+                    key = key.as_str(),
+                    "the key changed during the load (here or in another instance); not storing its value"
+                );
+                false
+            }
+            Err(_) => false,
+        };
+        if stored {
+            self.tier_fill(key, ticket, value, bytes.len(), ttl);
+        }
+        stored
+    }
+
+    /// The versions of `tags` for a value written now (`insert`), creating missing ones: one
+    /// round trip.
+    pub(crate) async fn tag_versions_for_write(
+        &self,
+        key: &Key,
+        ttl: Duration,
+    ) -> Result<Vec<Vec<u8>>> {
+        if key.tags().is_empty() || self.is_standalone() {
+            return Ok(Vec::new());
+        }
+        let tag_keys = self.tag_keys(key);
+        let fresh: Vec<String> = tag_keys.iter().map(|_| version_token()).collect();
+        let life = ttl.saturating_add(self.max_load_time);
+        let notes: Vec<TagNote<'_>> = tag_keys
+            .iter()
+            .zip(&fresh)
+            .map(|(key, fresh)| TagNote { key, fresh, life })
+            .collect();
+        self.remote.note_tags(&notes).await
+    }
+
+    /// Moves the in-process versions that `change` concerns and drops its entries from the
+    /// tier; returns how many entries were dropped (all of them, for a clear).
+    fn forget(&self, change: &Change<'_>) -> u64 {
+        let v = &self.versions;
+        let overwritten: Vec<&str>;
+        let (target, keys): (Target<'_>, &[&str]) = match change {
+            Change::Invalidate(Target::Keys(keys)) => (Target::Keys(keys), keys),
+            Change::Invalidate(target) => (*target, &[]),
+            Change::Overwrite(entries) => {
+                overwritten = entries.iter().map(|(k, _, _)| *k).collect();
+                (Target::Keys(&overwritten), &overwritten)
+            }
+        };
+        v.moving(|v| match target {
+            Target::Keys(_) => {
+                for key in keys {
+                    v.keys[v.key_stripe(key)].fetch_add(1, SeqCst);
+                }
+            }
+            Target::Pattern(_) => {
+                v.scope.fetch_add(1, SeqCst);
+            }
+            Target::Tags(tags) => {
+                for tag in tags {
+                    v.tags[v.tag_stripe(tag) as usize].fetch_add(1, SeqCst);
+                }
+            }
+            Target::Clear => {
+                v.session.fetch_add(1, SeqCst);
+            }
+        });
+        let Some(local) = &self.local else {
+            return 0;
+        };
+        match target {
+            Target::Keys(_) => keys.iter().map(|k| u64::from(local.remove(k))).sum(),
+            Target::Pattern(pattern) => local.remove_matching(pattern),
+            // Lazily: each entry carries its tags' versions, checked on every hit.
+            Target::Tags(_) => 0,
+            Target::Clear => local.clear(),
+        }
+    }
+
+    /// Applies `change` here, in Redis and (through the channel) in every other instance's
+    /// tier; returns how many keys it removed (entries of the tier, standalone). See the module
+    /// docs for the order of steps and why; on failure the change is owed and replayed.
+    pub(crate) async fn apply(&self, change: Change<'_>) -> Result<u64> {
+        let dropped = self.forget(&change);
+        if self.is_standalone() {
+            return Ok(dropped);
+        }
+        let notice = self.channel.notice(&change);
+        let first = Instant::now();
+        let mut deadline = None;
+        let result = loop {
+            let result = self.send(&change, &notice).await;
+            let Err(e) = &result else {
+                break result;
+            };
+            // Since when Redis may have been out of reach: every tier has stopped serving (its
+            // lease lapsed) one lease after that.
+            let since = self
+                .remote
+                .breaker
+                .failing_since()
+                .map_or(first, |s| s.min(first));
+            let until = *deadline.get_or_insert(since + self.lease.length);
+            if e.is_timeout() || Instant::now() + RESEND_AFTER >= until {
+                break result;
+            }
+            tokio::time::sleep(RESEND_AFTER).await;
+        };
+        self.forget(&change);
+        match result {
+            Ok(removed) => Ok(removed),
+            Err(e) => {
+                self.owe(&change);
+                if let Some(until) = deadline {
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt at `change` and its notice in Redis.
+    async fn send(&self, change: &Change<'_>, notice: &[u8]) -> Result<u64> {
+        let notice = Some(self.channel.shared_notice(notice));
+        match change {
+            Change::Invalidate(Target::Keys(keys)) => {
+                self.remote.invalidate_keys(keys, notice, Via::Always).await
+            }
+            Change::Invalidate(Target::Pattern(pattern)) => {
+                self.remote.sweep(pattern, notice, Via::Always).await
+            }
+            Change::Invalidate(Target::Tags(tags)) => {
+                let keys: Vec<String> = tags.iter().map(|t| self.keys.tag_key(t)).collect();
+                self.remote
+                    .invalidate_tags(&keys, notice, Via::Always)
+                    .await
+                    .map(|()| 0)
+            }
+            Change::Invalidate(Target::Clear) => {
+                let pattern = self.keys.namespace_pattern();
+                self.remote.sweep(&pattern, notice, Via::Always).await
+            }
+            Change::Overwrite(entries) => self
+                .remote
+                .set_many(entries, notice, Via::Always)
+                .await
+                .map(|()| 0),
+        }
+    }
+
+    /// Records a change that did not reach Redis, then opens the breaker, so nothing is read
+    /// from Redis until recovery has replayed it (in that order: see `invalidation`). An
+    /// overwrite is owed as an invalidation of its keys: the old values must go.
+    fn owe(&self, change: &Change<'_>) {
+        let p = &self.pending;
+        match change {
+            Change::Invalidate(Target::Keys(keys)) => keys.iter().for_each(|k| p.record_key(k)),
+            Change::Invalidate(Target::Pattern(pattern)) => p.record_pattern(pattern),
+            Change::Invalidate(Target::Tags(tags)) => tags.iter().for_each(|t| p.record_tag(t)),
+            Change::Invalidate(Target::Clear) => p.record_clear(),
+            Change::Overwrite(entries) => entries.iter().for_each(|(k, _, _)| p.record_key(k)),
+        }
+        self.remote.breaker.trip();
+    }
+
+    /// Replays what is owed to Redis (and the notices), ignoring the breaker: for recovery,
+    /// before it closes the breaker.
+    pub(crate) async fn replay(&self) -> Result<u64> {
+        self.pending
+            .replay(&self.remote, &self.channel, &self.tag_prefix)
+            .await
+    }
+
+    /// Whether changes are still owed to Redis.
+    pub(crate) fn owes(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Applies another instance's notice to the tier. Redis applied the change before the
+    /// notice was published, so one move of the versions suffices.
+    pub(crate) fn apply_notice(&self, notice: &Notice) {
+        let keys: Vec<&str> = notice.keys.iter().map(String::as_str).collect();
+        if !keys.is_empty() {
+            self.forget(&Change::Invalidate(Target::Keys(&keys)));
+        }
+        for pattern in &notice.patterns {
+            let pattern = Pattern::from_wire(pattern.clone());
+            self.forget(&Change::Invalidate(Target::Pattern(&pattern)));
+        }
+        if !notice.tags.is_empty() {
+            let tags: Vec<Tag> = notice
+                .tags
+                .iter()
+                .map(|t| Tag::from_encoded(t.clone()))
+                .collect();
+            self.forget(&Change::Invalidate(Target::Tags(&tags)));
+        }
+        if notice.clear {
+            self.forget(&Change::Invalidate(Target::Clear));
+        }
+    }
+
+    /// A notice that cannot be read: whatever it said is unknown, so the tier goes.
+    pub(crate) fn drop_tier(&self) {
+        self.forget(&Change::Invalidate(Target::Clear));
+    }
+
+    /// The current time as heartbeats are stamped.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.lease.now()
+    }
+
+    /// This instance's heartbeat stamped `sent` came back: everything Redis handled before it
+    /// has been applied, so the tier may serve for a lease after `sent`. If the lease had
+    /// lapsed, notices may have been missed meanwhile: the tier is dropped first.
+    pub(crate) fn renew(&self, sent: u64) {
+        let heard = self.lease.heard.load(SeqCst);
+        if heard == 0 || self.lease.now() >= heard - 1 + self.lease.length_ns() {
+            self.versions.moving(|v| {
+                v.session.fetch_add(1, SeqCst);
+            });
+            if let Some(local) = &self.local {
+                local.clear();
+            }
+            if heard != 0 {
+                self.lapses.fetch_add(1, SeqCst);
+                tracing::debug!("the in-process tier's lease lapsed; dropped it");
+            }
+        }
+        self.lease.heard.fetch_max(sent.saturating_add(1), SeqCst);
+    }
+
+    /// The channel is lost (or was never up): the tier stops serving and is dropped.
+    pub(crate) fn lost(&self, counted: bool) {
+        self.lease.heard.store(0, SeqCst);
+        self.versions.moving(|v| {
+            v.session.fetch_add(1, SeqCst);
+        });
+        if let Some(local) = &self.local {
+            local.clear();
+        }
+        if counted {
+            self.channel_losses.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Figures of the tier: (entries, bytes, evictions, lease lapses, channel losses).
+    pub(crate) fn tier_figures(&self) -> Option<(u64, u64, u64, u64, u64)> {
+        let local = self.local.as_ref()?;
+        Some((
+            local.entry_count(),
+            local.size_bytes(),
+            local.evictions(),
+            self.lapses.load(SeqCst),
+            self.channel_losses.load(SeqCst),
+        ))
+    }
+
+    /// The key space.
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+}
+
+/// A fresh lease: byte 0 (never the first byte of a value) and a random token.
+fn lease_token() -> Vec<u8> {
+    let mut t = vec![crate::codec::LEASE_BYTE];
+    t.extend_from_slice(format!("lease:{:016x}", fastrand::u64(..)).as_bytes());
+    t
+}
+
+/// A fresh tag version. Random, not a counter, so a version can never come round again (after
+/// a Redis restart, say).
+fn version_token() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Category;
+
+    /// A coherence whose Redis is never reached (these tests stay in process). Needs a runtime:
+    /// the connection manager is created (lazily) on it.
+    fn coherence(scope: Scope) -> Coherence {
+        let keys = KeySpace::new("t", "ns").unwrap();
+        let counters = Arc::new(Counters::new([]));
+        let remote = Remote::new(
+            crate::remote::RemoteConfig {
+                info: redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1")
+                    .unwrap(),
+                #[cfg(feature = "tls")]
+                tls: None,
+                op_timeout: Duration::from_millis(10),
+                connect_timeout: Duration::from_millis(10),
+                breaker_threshold: 1,
+                scan_count: 10,
+            },
+            counters.clone(),
+        )
+        .unwrap();
+        Coherence::new(
+            CoherenceConfig {
+                keys,
+                scope,
+                local_capacity: 1 << 20,
+                local_max_ttl: Duration::from_secs(60),
+                local_lease: Duration::from_millis(100),
+                max_load_time: Duration::from_secs(10),
+            },
+            Arc::new(remote),
+            counters,
+        )
+    }
+
+    fn value(c: &Coherence, key: &Key) -> Option<u32> {
+        c.tier_get(key)
+            .and_then(|v| v.downcast_ref::<u32>().copied())
+    }
+
+    fn fill(c: &Coherence, key: &Key, t: &Ticket, v: u32) -> bool {
+        c.tier_fill(key, t, Arc::new(v), 4, Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn a_fill_noted_before_a_change_of_its_key_is_refused_and_others_are_not() {
+        let c = coherence(Scope::Standalone);
+        let keys = c.keys().clone();
+        let cat = Category::new("c");
+        let (a, b) = (keys.key(&cat, ["a"]), keys.key(&cat, ["b"]));
+        let (ta, tb) = (c.note(&a), c.note(&b));
+        c.forget(&Change::Invalidate(Target::Keys(&[a.as_str()])));
+        assert!(
+            !fill(&c, &a, &ta, 1),
+            "a's load overlapped a's invalidation"
+        );
+        if c.versions.key_stripe(a.as_str()) != c.versions.key_stripe(b.as_str()) {
+            assert!(fill(&c, &b, &tb, 2), "b's load is unaffected");
+            assert_eq!(value(&c, &b), Some(2));
+        }
+        assert_ne!(
+            ta.flight(&a),
+            c.note(&a).flight(&a),
+            "later callers fly apart"
+        );
+        assert_eq!(tb.flight(&b), c.note(&b).flight(&b));
+    }
+
+    #[tokio::test]
+    async fn tags_patterns_and_clears_reach_the_entries_they_cover() {
+        let c = coherence(Scope::Standalone);
+        let keys = c.keys().clone();
+        let cat = Category::new("c");
+        let tag = Tag::new("img", ["x"]);
+        let tagged = keys.key(&cat, ["t"]).with_tags([tag.clone()]);
+        let plain = keys.key(&cat, ["p"]);
+        let t = c.note(&tagged);
+        assert!(fill(&c, &tagged, &t, 1));
+        let t = c.note(&plain);
+        assert!(fill(&c, &plain, &t, 2));
+        c.forget(&Change::Invalidate(Target::Tags(std::slice::from_ref(
+            &tag,
+        ))));
+        assert_eq!(value(&c, &tagged), None, "the tag's entries are stale");
+        assert_eq!(value(&c, &plain), Some(2));
+        let t = c.note(&plain);
+        c.forget(&Change::Invalidate(Target::Pattern(
+            &keys.pattern(&cat, ["zzz"]),
+        )));
+        assert!(
+            !fill(&c, &plain, &t, 3),
+            "a pattern refuses fills noted before it"
+        );
+        assert_eq!(value(&c, &plain), Some(2), "but drops only what it matches");
+        c.forget(&Change::Invalidate(Target::Clear));
+        assert_eq!(value(&c, &plain), None);
+    }
+
+    #[tokio::test]
+    async fn the_tier_serves_only_within_its_lease() {
+        let c = coherence(Scope::Shared);
+        let key = c.keys().key(&Category::new("c"), ["k"]);
+        let t = c.note(&key);
+        assert!(!fill(&c, &key, &t, 1), "never heard a heartbeat: not live");
+        c.renew(c.stamp());
+        assert!(
+            !fill(&c, &key, &t, 1),
+            "noted in the session before the lease began"
+        );
+        let t = c.note(&key);
+        assert!(fill(&c, &key, &t, 1));
+        assert_eq!(value(&c, &key), Some(1));
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(value(&c, &key), None, "lapsed");
+        c.renew(c.stamp());
+        assert_eq!(value(&c, &key), None, "dropped when the lease lapsed");
+        assert_eq!(c.lapses.load(SeqCst), 1);
+        let t = c.note(&key);
+        assert!(fill(&c, &key, &t, 2));
+        c.lost(true);
+        assert_eq!(value(&c, &key), None);
+        assert!(!fill(&c, &key, &t, 3));
+    }
+}
