@@ -175,6 +175,18 @@ impl RedisServer {
         let _ = child.wait();
     }
 
+    /// Kills the server with `SIGKILL` (`kill -9`: no shutdown, connections reset) and reaps
+    /// it. Works on a paused server too. Does nothing when already stopped; [`restart`](
+    /// Self::restart) brings it back, empty.
+    pub fn kill(&mut self) {
+        self.paused = false;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            // Reap the child; only after this may its pid be reused by someone else.
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server if it is running, then starts it again on the same port with the
     /// same arguments and waits for `PING`. The data set comes back empty (persistence is
     /// off). If the port is briefly unavailable, binding is retried for a few seconds.
@@ -622,6 +634,21 @@ mod tests {
         assert!(process_gone(pid));
         server.stop();
         assert_eq!(server.pid(), None);
+    }
+
+    #[test]
+    fn kill_ends_even_a_paused_server_and_restart_brings_it_back_empty() {
+        let mut server = RedisServer::start();
+        server.command(&["SET", "k", "v"]).unwrap();
+        let pid = server.pid().unwrap();
+        server.pause();
+        server.kill();
+        assert_eq!(server.pid(), None);
+        assert!(!server.is_paused());
+        assert!(process_gone(pid));
+        server.kill(); // idempotent
+        server.restart();
+        assert_eq!(server.command(&["DBSIZE"]).unwrap(), ":0\r\n");
     }
 
     #[test]

@@ -111,6 +111,11 @@ impl Channel {
         })
     }
 
+    /// This instance's heartbeat channel.
+    pub(crate) fn own(&self) -> &str {
+        &self.own
+    }
+
     /// `payload`, addressed to every instance.
     pub(crate) fn shared_notice<'a>(&'a self, payload: &'a [u8]) -> crate::remote::Notice<'a> {
         crate::remote::Notice {

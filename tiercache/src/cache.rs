@@ -462,8 +462,9 @@ impl Cache {
     /// Callers that joined such a load after its `init` started then run their own (coalesced
     /// among themselves) instead of sharing a value that may predate a write they saw
     /// acknowledged; those that joined before share it, since it was read after they arrived.
-    /// While Redis is unreachable, other instances' invalidations cannot be seen, and all
-    /// callers of a load share its value.
+    /// While Redis is unreachable, other instances' invalidations cannot be seen: callers that
+    /// joined within one [`local_lease`](CacheBuilder::local_lease) of the load's start share
+    /// its value, later ones load again.
     ///
     /// ```no_run
     /// # async fn demo(cache: tiercache::Cache) {
@@ -600,11 +601,18 @@ impl Cache {
             guard.lease = None;
         }
         let result = Ok((value, status));
-        if !stored && status != CacheStatus::Bypass {
+        if !stored {
             // A change overlapped the load, or the store failed so that we cannot tell: the
             // value read from the source after a waiter arrived is good for that waiter, not for
-            // one who may have arrived after the change.
-            refused(result.clone(), started);
+            // one who may have arrived after the change. While Redis is away no change can be
+            // seen at all; the value is then shared with callers that joined within one lease
+            // (Δ) of its start: a write acknowledged more than Δ before they arrived came
+            // before the load began.
+            let cutoff = match status {
+                CacheStatus::Bypass => started + c.local_lease(),
+                _ => started,
+            };
+            refused(result.clone(), cutoff);
         }
         result
     }
@@ -825,6 +833,16 @@ impl Cache {
     pub async fn keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
         self.check_pattern(pattern)?;
         self.coherence().remote.scan_keys(pattern, limit).await
+    }
+
+    /// Waits until this instance has applied every change that any instance had made (and
+    /// Redis handled) before the call: one of its heartbeats sent after the call came back
+    /// through the invalidation channel. For reading your writes across instances (a request
+    /// routed to another instance after a write) and for tests. Returns at once without an
+    /// in-process tier (Redis alone is always current); returns false if no heartbeat came back
+    /// within the tier's lease, in which case the tier is not serving either.
+    pub async fn catch_up(&self) -> bool {
+        self.coherence().catch_up().await
     }
 
     /// Round-trip time of a PING. Fails at once while the circuit breaker is open.

@@ -284,6 +284,8 @@ pub(crate) struct Coherence {
     counters: Arc<Counters>,
     lapses: AtomicU64,
     channel_losses: AtomicU64,
+    /// Woken on every renewal of the lease (for [`catch_up`](Self::catch_up)).
+    renewed: tokio::sync::Notify,
 }
 
 impl Coherence {
@@ -312,6 +314,7 @@ impl Coherence {
             counters,
             lapses: AtomicU64::new(0),
             channel_losses: AtomicU64::new(0),
+            renewed: tokio::sync::Notify::new(),
         }
     }
 
@@ -761,6 +764,33 @@ impl Coherence {
             }
         }
         self.lease.heard.fetch_max(sent.saturating_add(1), SeqCst);
+        self.renewed.notify_waiters();
+    }
+
+    /// Waits until this instance has applied every change that Redis had handled when the
+    /// call began: a heartbeat sent after that has come back. Returns false if none came back
+    /// within a lease (the tier is not live then, so it serves nothing stale either). True at
+    /// once without a tier, or standalone.
+    pub(crate) async fn catch_up(&self) -> bool {
+        if self.local.is_none() || self.is_standalone() {
+            return true;
+        }
+        let since = self.stamp();
+        // Sent now rather than waiting for the next periodic one.
+        let _ = self
+            .remote
+            .publish(self.channel.own(), &since.to_le_bytes(), Via::Breaker)
+            .await;
+        let wait = async {
+            loop {
+                let renewed = self.renewed.notified();
+                if self.lease.heard.load(SeqCst) > since {
+                    return;
+                }
+                renewed.await;
+            }
+        };
+        tokio::time::timeout(self.lease.length, wait).await.is_ok()
     }
 
     /// The channel is lost (or was never up): the tier stops serving and is dropped.

@@ -1,38 +1,56 @@
 //! tiercache: a cache layer for Rust backends that puts an in-process tier and Redis between a
 //! service and its database, and never fails its caller.
 //!
-//! Repeated reads stop reaching the database; when Redis is absent, slow, hung or restarting,
-//! every call still answers within a bounded time and the service serves from its database.
+//! Repeated reads stop reaching the database; an acknowledged write is never followed by an
+//! older read (in the writing instance at once, in the others within a bounded Δ); and when
+//! Redis is absent, slow, hung or restarting, every call still answers within a bounded time
+//! and the service serves from its database.
 //!
 //! # Examples
 //! ```no_run
-//! use tiercache::{Cache, Category};
+//! use std::time::Duration;
+//! use tiercache::{Cache, Category, Tag};
+//!
+//! const IMAGES: Category = Category::from_static("images");
 //!
 //! # async fn load_image_from_db(name: &str) -> Result<String, std::io::Error> { Ok(name.into()) }
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let cache = Cache::builder().env_prefix("prod").namespace("scan-api").build().await?;
-//! let key = cache.key(&Category::IMAGE_METADATA, ["bkimminich/juice-shop"]);
-//! // One load per key at a time; later calls are served from Redis until the TTL or an
-//! // invalidation.
+//! let cache = Cache::builder()
+//!     .env_prefix("prod")
+//!     .namespace("scan-api")
+//!     .ttl(IMAGES, Duration::from_secs(900))
+//!     .local_capacity(64 << 20)
+//!     .build()
+//!     .await?;
+//! let key = cache
+//!     .key(&IMAGES, ["bkimminich/juice-shop"])
+//!     .with_tags([Tag::new("image", ["bkimminich/juice-shop"])]);
+//! // One load per key at a time; later calls are served from the tier or Redis until the TTL
+//! // or an invalidation.
 //! let image = cache
 //!     .try_get_with(&key, load_image_from_db("bkimminich/juice-shop"))
 //!     .await?;
+//! // After a write: by key, or every entry tagged with the image, in every instance.
 //! cache.invalidate(&key).await;
+//! cache.invalidate_tag(&Tag::new("image", ["bkimminich/juice-shop"])).await;
 //! # let _ = image; Ok(()) }
 //! ```
 //!
 //! # Layout
-//! - `cache`: the [`Cache`] handle: `get`, `get_with` / `try_get_with`, `insert`, `invalidate`,
-//!   batches, stats.
+//! - `cache`: the [`Cache`] façade: `get`, `get_with` / `try_get_with`, `insert`,
+//!   `invalidate`, `invalidate_tag`, batches, stats. It decides *what* each operation does.
+//! - `coherence`: the one home of the rules that keep reads fresh: per-key leases in Redis,
+//!   tag versions, in-process tickets, the tier's lease, how a change is applied everywhere
+//!   (its module docs name each race and the test that catches it).
 //! - `builder`: [`CacheBuilder`], every setting validated in one place.
 //! - `remote`: the only module that issues Redis commands; timeouts and the breaker wrap each.
-//! - `breaker`: the circuit breaker; `probe`: the background task that closes it again.
-//! - `local`: the in-process tier (moka); `bus`: the invalidation channel that keeps the tiers
-//!   of all instances coherent, and drops a tier whose channel is lost.
+//! - `local`: the in-process tier (moka), the only module that names moka.
+//! - `bus`: the invalidation channel and its heartbeats; `invalidation`: changes owed to Redis
+//!   after a failure, replayed before reads resume; `breaker` and `probe`: the circuit breaker
+//!   and the background task that closes it again.
 //! - `coalesce`: one loader per key at a time.
-//! - `invalidation`: invalidations owed to Redis after a failure, replayed before reads resume.
-//! - `key`: key and pattern building from untrusted input; `ttl`: per-category TTL with jitter.
-//! - `codec`: the versioned, optionally compressed value envelope.
+//! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
+//!   jitter; `codec`: the versioned, optionally compressed value envelope.
 //! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
 //!
 //! # Feature flags
@@ -40,27 +58,33 @@
 //! |---|---|---|
 //! | `tls` | off | `rediss://` URLs through rustls (ring), with `CacheBuilder::tls_root_certificate` for a private CA and `tls_client_certificate` for mutual TLS |
 //!
-//! Redis Cluster is not supported yet: besides the data keys (which carry hash tags), the cache
-//! uses one generation hash per namespace and scripts that touch both, which Cluster would
-//! reject across slots.
+//! Redis 7.0 or later is needed. Redis Cluster is not supported yet: the scripts that take and
+//! fill a load's lease touch only the value's key, but a tagged read fetches tag versions
+//! that live in other slots.
+//!
+//! # Modes
+//! [`Mode::Redis`] (the default) shares Redis between instances, with an optional in-process
+//! tier in front. [`Mode::Standalone`] keeps values in the in-process tier alone, for one
+//! instance without Redis. [`Mode::Disabled`] passes every read to the source.
 //!
 //! # Failure model
 //! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`
-//! consecutive failures the breaker opens and calls skip Redis entirely (a few nanoseconds); a
+//! consecutive failures the breaker opens and reads skip Redis entirely (a few nanoseconds); a
 //! background probe PINGs every `breaker_cooldown` and closes it when Redis answers; after three
 //! probe timeouts in a row it replaces the connection, in case its peer vanished without a
-//! reset (a partition or a failover) and only a new connection can reach Redis. A failed
-//! invalidation opens the breaker at once and is replayed before the breaker closes, so a value
-//! invalidated by an acknowledged write is never served.
+//! reset. Changes (invalidations, inserts) are always sent, even while the breaker is open; one
+//! that fails opens the breaker at once and is replayed before the breaker closes, so a value
+//! invalidated by an acknowledged write is never read from Redis again.
 //!
-//! # Two tiers
-//! With [`CacheBuilder::local_capacity`], reads are answered from a bounded in-process tier
-//! first, filled from Redis with each entry's remaining TTL. Invalidations, clears and inserts are
-//! published on a Redis pub/sub channel per namespace, and every other instance drops the named
-//! entries from its tier. The tier is used only while that channel is subscribed (and heard from:
-//! each instance publishes a heartbeat every [`HEARTBEAT`]) and the breaker is closed; whenever
-//! either was lost, it is cleared before it is used again. The writing instance never serves an
-//! old value after its write returned; another instance drops it when the notice arrives.
+//! # Two tiers and Δ
+//! With [`CacheBuilder::local_capacity`], reads are answered from a bounded in-process tier of
+//! decoded values first. Changes are published on a Redis pub/sub channel per namespace, and
+//! every other instance drops the named entries from its tier. A tier serves only while its own
+//! heartbeats come back through that channel within its lease ([`DEFAULT_LOCAL_LEASE`], 100 ms),
+//! and a writer whose change cannot reach Redis waits out that lease before it returns. So
+//! another instance may serve a value older than an acknowledged write for the notice's
+//! delivery time (well under a millisecond on a LAN) and, whatever Redis does, for at most one
+//! lease: that is Δ. The writing instance never does.
 
 mod breaker;
 mod builder;

@@ -187,6 +187,63 @@ async fn redis_lost_and_back_leaves_nothing_stale() {
     assert_eq!(cache.get::<u32>(&key).await, Some(2));
 }
 
+/// The scenario of a paused Redis: B serves a key from its tier, Redis hangs (SIGSTOP), A
+/// writes and its invalidation cannot reach Redis. Once A's write has returned, B never answers
+/// the old value, although B never heard of the write: its tier stopped serving when its
+/// heartbeats stopped coming back, and A waited out that lease before returning.
+///
+/// Before the tier had a lease, B answered the old value from its tier for as long as its
+/// breaker stayed closed (2.4 s in a manual run of scan-api).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_never_leaves_a_stale_tier() {
+    let mut server = RedisServer::start();
+    let ns = unique_namespace();
+    let (a, b) = (tiered(&server, &ns).await, tiered(&server, &ns).await);
+    let key = b.key(&cat::SCAN_RESULTS, ["latest"]);
+    let source = Arc::new(AtomicU64::new(1));
+    let load = || {
+        let source = source.clone();
+        async move { source.load(Ordering::SeqCst) }
+    };
+    assert_eq!(b.get_with(&key, load()).await, 1);
+    let served = b.stats().await.local_hits;
+    assert_eq!(b.get::<u64>(&key).await, Some(1));
+    assert_eq!(
+        b.stats().await.local_hits,
+        served + 1,
+        "B serves it from its tier"
+    );
+
+    server.pause();
+    source.store(2, Ordering::SeqCst);
+    let start = Instant::now();
+    a.invalidate(&key).await;
+    let took = start.elapsed();
+    println!("A's invalidation returned after {took:?} with Redis paused");
+    assert!(
+        took < Duration::from_millis(400),
+        "a write waits at most about a lease: {took:?}"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            b.get_with(&key, load()).await,
+            2,
+            "read {i} on B while Redis hangs"
+        );
+    }
+    server.resume();
+    for c in [&a, &b] {
+        wait_until(Duration::from_secs(3), "reconnected", || async {
+            c.is_connected()
+        })
+        .await;
+        assert_eq!(c.get_with(&key, load()).await, 2, "and after Redis is back");
+    }
+    wait_live(&b, true).await;
+    assert_eq!(b.get_with(&key, load()).await, 2);
+    assert_eq!(b.get::<u64>(&key).await, Some(2));
+}
+
 /// The writer's contract, with the tier in play: once `invalidate` has returned, no read that
 /// starts afterwards sees a value older than the write, although readers race to refill the
 /// tier and Redis with values they loaded before it.

@@ -8,11 +8,14 @@
 
 mod helpers;
 
+mod chaos;
 mod coalescing;
 mod faults;
 mod invalidation;
 mod local;
 mod ops;
+mod standalone;
 mod stats;
+mod tags;
 #[cfg(feature = "tls")]
 mod tls;
