@@ -216,18 +216,8 @@ impl Cache {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let c = self.coherence();
-        if let Some(any) = c.tier_get(key) {
-            if let Some(v) = any.downcast_ref::<T>() {
-                self.inner.counters.local_hit();
-                return Ok(Lookup::Hit(v.clone()));
-            }
-            if let Some(Encoded(bytes)) = any.downcast_ref::<Encoded>()
-                && let Ok(v) = self.inner.envelope.decode::<T>(bytes)
-            {
-                self.inner.counters.local_hit();
-                return Ok(Lookup::Hit(v));
-            }
-            // Another type than the one stored: Redis decides below.
+        if let Some(v) = self.tier_value::<T>(key) {
+            return Ok(Lookup::Hit(v));
         }
         if c.is_standalone() {
             return Ok(Lookup::Miss);
@@ -245,6 +235,24 @@ impl Cache {
             c.tier_fill(key, ticket, Arc::new(v.clone()), bytes.len(), ttl);
         }
         Ok(found)
+    }
+
+    /// The tier's value for `key` as a `T` (counted as a hit there), if it may be served. A
+    /// value of another type is not one: Redis (or the loader) decides then.
+    fn tier_value<T>(&self, key: &Key) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let any = self.coherence().tier_get(key)?;
+        let value = match any.downcast_ref::<T>() {
+            Some(v) => v.clone(),
+            None => {
+                let Encoded(bytes) = any.downcast_ref::<Encoded>()?;
+                self.inner.envelope.decode::<T>(bytes).ok()?
+            }
+        };
+        self.inner.counters.local_hit();
+        Some(value)
     }
 
     /// Turns bytes read from Redis into a value: a lease is a miss, a value whose tags moved is
@@ -386,14 +394,11 @@ impl Cache {
         let mut remote_names = Vec::new();
         for key in keys {
             let found = if self.enabled() {
-                c.tier_get(key)
-                    .and_then(|any| any.downcast_ref::<T>().cloned())
+                self.tier_value::<T>(key)
             } else {
                 None
             };
-            if found.is_some() {
-                self.inner.counters.local_hit();
-            } else {
+            if found.is_none() {
                 remote_names.push(key.as_str());
             }
             out.push(found);

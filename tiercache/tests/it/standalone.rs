@@ -55,6 +55,7 @@ async fn values_are_cached_in_process_and_changes_apply() {
     assert_eq!(cache.get::<u32>(&key).await, None);
     cache.insert(&key, &3u32).await;
     assert_eq!(cache.get::<u32>(&key).await, Some(3));
+    assert_eq!(cache.get_many::<u32>(&[key.clone()]).await, vec![Some(3)]);
 
     let tag = Tag::new("t", ["x"]);
     let tagged = cache.key(&cat::SESSIONS, ["b"]).with_tags([tag.clone()]);
