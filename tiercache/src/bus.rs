@@ -200,7 +200,7 @@ async fn listen(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "unreadable message on the invalidation channel; dropping the in-process tier");
-                        c.drop_tier();
+                        c.invalidate_tier();
                     }
                 },
                 None => return "the subscription connection closed",

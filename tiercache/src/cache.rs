@@ -25,7 +25,7 @@ use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
 use crate::error::{Error, Result};
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
 use crate::probe::TaskGuard;
-use crate::remote::Take;
+use crate::remote::{Take, Via};
 use crate::stats::{Counters, LocalStats, Stats};
 use crate::ttl::TtlPolicy;
 
@@ -286,7 +286,12 @@ impl Cache {
     async fn discard<T>(&self, key: &Key, e: &Error) -> Lookup<T> {
         tracing::warn!(key = key.as_str(), error = %e, "cached value does not decode; deleting it");
         // Best effort: if this fails, the next read finds the same bytes and tries again.
-        let _ = self.coherence().remote.unlink(&[key.as_str()]).await;
+        // No notice: no other instance can hold a value that does not decode.
+        let _ = self
+            .coherence()
+            .remote
+            .invalidate_keys(&[key.as_str()], None, Via::Breaker)
+            .await;
         Lookup::Miss
     }
 
@@ -743,7 +748,7 @@ impl Cache {
     /// keys the sweep had not reached (tags have no such window).
     pub async fn invalidate_pattern(&self, pattern: &Pattern) -> Result<u64> {
         self.check_pattern(pattern)?;
-        self.sweep(
+        self.invalidate_matching(
             Target::Pattern(pattern),
             pattern,
             "invalidated keys by pattern",
@@ -754,11 +759,16 @@ impl Cache {
     /// Removes every key of this cache's namespace, and nothing else (never FLUSHDB).
     pub async fn clear(&self) -> Result<u64> {
         let pattern = self.inner.keys.namespace_pattern();
-        self.sweep(Target::Clear, &pattern, "cleared namespace")
+        self.invalidate_matching(Target::Clear, &pattern, "cleared namespace")
             .await
     }
 
-    async fn sweep(&self, target: Target<'_>, pattern: &Pattern, what: &str) -> Result<u64> {
+    async fn invalidate_matching(
+        &self,
+        target: Target<'_>,
+        pattern: &Pattern,
+        what: &str,
+    ) -> Result<u64> {
         if !self.enabled() {
             return Ok(0);
         }

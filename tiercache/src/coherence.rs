@@ -570,9 +570,9 @@ impl Coherence {
         self.remote.note_tags(&notes).await
     }
 
-    /// Moves the in-process versions that `change` concerns and drops its entries from the
-    /// tier; returns how many entries were dropped (all of them, for a clear).
-    fn forget(&self, change: &Change<'_>) -> u64 {
+    /// Invalidates in this process: moves the versions that `change` concerns and invalidates
+    /// its entries in the tier; returns how many entries there were (all of them, for a clear).
+    fn invalidate_here(&self, change: &Change<'_>) -> u64 {
         let v = &self.versions;
         let overwritten: Vec<&str>;
         let (target, keys): (Target<'_>, &[&str]) = match change {
@@ -605,11 +605,11 @@ impl Coherence {
             return 0;
         };
         match target {
-            Target::Keys(_) => keys.iter().map(|k| u64::from(local.remove(k))).sum(),
-            Target::Pattern(pattern) => local.remove_matching(pattern),
+            Target::Keys(_) => keys.iter().map(|k| u64::from(local.invalidate(k))).sum(),
+            Target::Pattern(pattern) => local.invalidate_matching(pattern),
             // Lazily: each entry carries its tags' versions, checked on every hit.
             Target::Tags(_) => 0,
-            Target::Clear => local.clear(),
+            Target::Clear => local.invalidate_all(),
         }
     }
 
@@ -617,7 +617,7 @@ impl Coherence {
     /// tier; returns how many keys it removed (entries of the tier, standalone). See the module
     /// docs for the order of steps and why; on failure the change is owed and replayed.
     pub(crate) async fn apply(&self, change: Change<'_>) -> Result<u64> {
-        let dropped = self.forget(&change);
+        let dropped = self.invalidate_here(&change);
         if self.is_standalone() {
             return Ok(dropped);
         }
@@ -642,7 +642,7 @@ impl Coherence {
             }
             tokio::time::sleep(RESEND_AFTER).await;
         };
-        self.forget(&change);
+        self.invalidate_here(&change);
         match result {
             Ok(removed) => Ok(removed),
             Err(e) => {
@@ -663,7 +663,9 @@ impl Coherence {
                 self.remote.invalidate_keys(keys, notice, Via::Always).await
             }
             Change::Invalidate(Target::Pattern(pattern)) => {
-                self.remote.sweep(pattern, notice, Via::Always).await
+                self.remote
+                    .invalidate_matching(pattern, notice, Via::Always)
+                    .await
             }
             Change::Invalidate(Target::Tags(tags)) => {
                 let keys: Vec<String> = tags.iter().map(|t| self.keys.tag_key(t)).collect();
@@ -674,7 +676,9 @@ impl Coherence {
             }
             Change::Invalidate(Target::Clear) => {
                 let pattern = self.keys.namespace_pattern();
-                self.remote.sweep(&pattern, notice, Via::Always).await
+                self.remote
+                    .invalidate_matching(&pattern, notice, Via::Always)
+                    .await
             }
             Change::Overwrite(entries) => self
                 .remote
@@ -717,11 +721,11 @@ impl Coherence {
     pub(crate) fn apply_notice(&self, notice: &Notice) {
         let keys: Vec<&str> = notice.keys.iter().map(String::as_str).collect();
         if !keys.is_empty() {
-            self.forget(&Change::Invalidate(Target::Keys(&keys)));
+            self.invalidate_here(&Change::Invalidate(Target::Keys(&keys)));
         }
         for pattern in &notice.patterns {
             let pattern = Pattern::from_wire(pattern.clone());
-            self.forget(&Change::Invalidate(Target::Pattern(&pattern)));
+            self.invalidate_here(&Change::Invalidate(Target::Pattern(&pattern)));
         }
         if !notice.tags.is_empty() {
             let tags: Vec<Tag> = notice
@@ -729,16 +733,16 @@ impl Coherence {
                 .iter()
                 .map(|t| Tag::from_encoded(t.clone()))
                 .collect();
-            self.forget(&Change::Invalidate(Target::Tags(&tags)));
+            self.invalidate_here(&Change::Invalidate(Target::Tags(&tags)));
         }
         if notice.clear {
-            self.forget(&Change::Invalidate(Target::Clear));
+            self.invalidate_here(&Change::Invalidate(Target::Clear));
         }
     }
 
     /// A notice that cannot be read: whatever it said is unknown, so the tier goes.
-    pub(crate) fn drop_tier(&self) {
-        self.forget(&Change::Invalidate(Target::Clear));
+    pub(crate) fn invalidate_tier(&self) {
+        self.invalidate_here(&Change::Invalidate(Target::Clear));
     }
 
     /// The current time as heartbeats are stamped.
@@ -756,7 +760,7 @@ impl Coherence {
                 v.session.fetch_add(1, SeqCst);
             });
             if let Some(local) = &self.local {
-                local.clear();
+                local.invalidate_all();
             }
             if heard != 0 {
                 self.lapses.fetch_add(1, SeqCst);
@@ -800,7 +804,7 @@ impl Coherence {
             v.session.fetch_add(1, SeqCst);
         });
         if let Some(local) = &self.local {
-            local.clear();
+            local.invalidate_all();
         }
         if counted {
             self.channel_losses.fetch_add(1, SeqCst);
@@ -893,7 +897,7 @@ mod tests {
         let cat = Category::new("c");
         let (a, b) = (keys.key(&cat, ["a"]), keys.key(&cat, ["b"]));
         let (ta, tb) = (c.note(&a), c.note(&b));
-        c.forget(&Change::Invalidate(Target::Keys(&[a.as_str()])));
+        c.invalidate_here(&Change::Invalidate(Target::Keys(&[a.as_str()])));
         assert!(
             !fill(&c, &a, &ta, 1),
             "a's load overlapped a's invalidation"
@@ -922,13 +926,13 @@ mod tests {
         assert!(fill(&c, &tagged, &t, 1));
         let t = c.note(&plain);
         assert!(fill(&c, &plain, &t, 2));
-        c.forget(&Change::Invalidate(Target::Tags(std::slice::from_ref(
+        c.invalidate_here(&Change::Invalidate(Target::Tags(std::slice::from_ref(
             &tag,
         ))));
         assert_eq!(value(&c, &tagged), None, "the tag's entries are stale");
         assert_eq!(value(&c, &plain), Some(2));
         let t = c.note(&plain);
-        c.forget(&Change::Invalidate(Target::Pattern(
+        c.invalidate_here(&Change::Invalidate(Target::Pattern(
             &keys.pattern(&cat, ["zzz"]),
         )));
         assert!(
@@ -936,7 +940,7 @@ mod tests {
             "a pattern refuses fills noted before it"
         );
         assert_eq!(value(&c, &plain), Some(2), "but drops only what it matches");
-        c.forget(&Change::Invalidate(Target::Clear));
+        c.invalidate_here(&Change::Invalidate(Target::Clear));
         assert_eq!(value(&c, &plain), None);
     }
 

@@ -155,7 +155,7 @@ async fn apply(
     if batch.clear {
         let payload = channel.replay_notice(&[], &[], &[], true);
         let notice = Some(channel.shared_notice(&payload));
-        return Ok(removed + remote.sweep(namespace, notice, via).await?);
+        return Ok(removed + remote.invalidate_matching(namespace, notice, via).await?);
     }
     let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
     for chunk in keys.chunks(500) {
@@ -167,7 +167,7 @@ async fn apply(
     for p in &batch.patterns {
         let payload = channel.replay_notice(&[], &[p], &[], false);
         removed += remote
-            .sweep(p, Some(channel.shared_notice(&payload)), via)
+            .invalidate_matching(p, Some(channel.shared_notice(&payload)), via)
             .await?;
     }
     Ok(removed)

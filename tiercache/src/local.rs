@@ -113,12 +113,12 @@ impl Local {
         self.entries.insert(key.to_owned(), entry);
     }
 
-    /// Drops `key`; returns whether it was held.
-    pub(crate) fn remove(&self, key: &str) -> bool {
+    /// Invalidates `key`; returns whether it was held.
+    pub(crate) fn invalidate(&self, key: &str) -> bool {
         self.entries.remove(key).is_some()
     }
 
-    /// Drops every entry `pattern` may match, walking the entries (O(entries), on the writer's
+    /// Invalidates every entry `pattern` may match, walking the entries (O(entries), on the writer's
     /// side; moka's lazy invalidation closures would instead pile up and be evaluated on every
     /// read until housekeeping has visited every entry). A pattern this tier cannot match
     /// exactly clears everything: dropping too much costs a Redis read, keeping too much would
@@ -126,9 +126,9 @@ impl Local {
     ///
     /// Entries inserted while the walk runs are not guaranteed to be visited; `coherence` keeps
     /// those from being filled at all.
-    pub(crate) fn remove_matching(&self, pattern: &Pattern) -> u64 {
+    pub(crate) fn invalidate_matching(&self, pattern: &Pattern) -> u64 {
         if pattern.matches("").is_none() {
-            return self.clear();
+            return self.invalidate_all();
         }
         let doomed: Vec<Arc<String>> = self
             .entries
@@ -138,14 +138,14 @@ impl Local {
             .collect();
         let mut removed = 0;
         for key in doomed {
-            removed += u64::from(self.remove(key.as_str()));
+            removed += u64::from(self.invalidate(key.as_str()));
         }
         removed
     }
 
-    /// Drops everything (moka returns none of the entries held before); returns how many
+    /// Invalidates everything (moka returns none of the entries held before); returns how many
     /// there were (approximately).
-    pub(crate) fn clear(&self) -> u64 {
+    pub(crate) fn invalidate_all(&self) -> u64 {
         let held = self.entries.entry_count();
         self.entries.invalidate_all();
         held
@@ -201,10 +201,10 @@ mod tests {
         let b = s.key(&c, ["ab"]);
         l.insert(a.as_str(), entry(1, 1, Duration::from_secs(10)));
         l.insert(b.as_str(), entry(2, 1, Duration::from_secs(10)));
-        assert_eq!(l.remove_matching(&s.pattern(&c, ["a*"])), 1);
+        assert_eq!(l.invalidate_matching(&s.pattern(&c, ["a*"])), 1);
         assert_eq!(value(&l, a.as_str()), None);
         assert_eq!(value(&l, b.as_str()), Some(2));
-        l.remove_matching(&s.glob("[^x]*"));
+        l.invalidate_matching(&s.glob("[^x]*"));
         assert_eq!(
             value(&l, b.as_str()),
             None,

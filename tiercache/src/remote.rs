@@ -493,11 +493,6 @@ impl Remote {
             .map_err(|e| Error::Redis(e.into()))
     }
 
-    /// `UNLINK`s without a notice: for values that do not decode (nobody else can have them).
-    pub(crate) async fn unlink(&self, keys: &[&str]) -> Result<u64> {
-        self.invalidate_keys(keys, None, Via::Breaker).await
-    }
-
     /// An invalidation of tags (their version keys are removed, so every value noted with the
     /// old versions is stale) and its notice, in one round trip: constant cost, however many
     /// entries carry the tags.
@@ -661,7 +656,7 @@ impl Remote {
     /// (never KEYS, which blocks Redis), and then publishes `notice`. Load leases are keys like
     /// any other, so a load that began before the sweep cannot store behind it. Returns how many
     /// keys were removed.
-    pub(crate) async fn sweep(
+    pub(crate) async fn invalidate_matching(
         &self,
         pattern: &Pattern,
         notice: Option<Notice<'_>>,
