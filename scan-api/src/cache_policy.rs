@@ -22,7 +22,9 @@
 //! Every instance keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
 //! (`CACHE_LOCAL_CAPACITY`, 0 to turn it off). Its entries live no longer than their Redis copy,
 //! writes reach the other instances' tiers over Redis pub/sub, and a tier serves only while its
-//! heartbeats come back through that channel within tiercache's lease (100 ms).
+//! heartbeats come back through that channel within tiercache's lease (100 ms). In standalone
+//! mode (no Redis) the tier is the whole cache: entries live their full TTL, and only this
+//! instance's writes invalidate them.
 
 use std::time::Duration;
 

@@ -1,4 +1,8 @@
 //! Command line and environment: every setting has a flag and an environment variable.
+//!
+//! Settings are kept as given; [`crate::cache_setup`] turns the cache settings (`CACHE_MODE`,
+//! `REDIS_URL`, `CACHE_LOCAL_CAPACITY`, `CACHE_ENABLED`) into a cache. `REDIS_URL` has no
+//! default value here, so that an unset one can be told from one set to the default address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,14 +47,20 @@ pub struct Common {
         global = true
     )]
     pub database_url: String,
-    /// Redis; if unreachable the service serves from the database until it appears.
+    /// Where the cache keeps values; `auto` picks Redis or standalone at start-up.
     #[arg(
         long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        env = "CACHE_MODE",
+        value_enum,
+        default_value_t = CacheMode::Auto,
         global = true
     )]
-    pub redis_url: String,
+    pub cache_mode: CacheMode,
+    /// The Redis to cache in (`redis://127.0.0.1:6379` when unset). Once set, the cache uses this
+    /// Redis and nothing else: while it is unreachable the service serves from the database
+    /// until it appears.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
     /// Second segment of every cache key; clearing the cache clears only this namespace.
     #[arg(
         long,
@@ -62,12 +72,41 @@ pub struct Common {
     /// First segment of every cache key (`prod`, `staging`, `dev`).
     #[arg(long, env = "APP_ENV", default_value = "dev", global = true)]
     pub app_env: String,
-    /// Bytes for the in-process tier in front of Redis (0: none).
+    /// Bytes for the in-process tier: in front of Redis (0: none), or the whole cache in
+    /// standalone mode.
     #[arg(long, env = "CACHE_LOCAL_CAPACITY", default_value_t = crate::cache_policy::LOCAL_CAPACITY, global = true)]
     pub cache_local_capacity: u64,
-    /// Set to false to run without the cache (every read from the database).
+    /// Set to false to run without the cache (every read from the database): the same as
+    /// `CACHE_MODE=off`.
     #[arg(long, env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub cache_enabled: bool,
+}
+
+/// `CACHE_MODE`: how the cache stores values (see `cache_setup` for how each is resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    /// Redis if `REDIS_URL` is set (never replaced, even while it is away); without it, Redis
+    /// at the default address if it answers at start-up, else standalone.
+    Auto,
+    /// Redis at `REDIS_URL` or the default address, shared by every instance; the database
+    /// while it is away.
+    Redis,
+    /// The in-process tier alone: one instance, which hears of its own writes only.
+    Standalone,
+    /// No cache: every read from the database.
+    Off,
+}
+
+impl CacheMode {
+    /// The setting's value as written: `auto`, `redis`, `standalone` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Redis => "redis",
+            Self::Standalone => "standalone",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// `serve` settings.
@@ -115,4 +154,45 @@ pub struct Import {
     /// Trivy JSON files (`trivy image --format json`).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn cache_mode_takes_the_four_values_and_names_them_on_a_typo() {
+        for (given, mode) in [
+            ("auto", CacheMode::Auto),
+            ("redis", CacheMode::Redis),
+            ("standalone", CacheMode::Standalone),
+            ("off", CacheMode::Off),
+        ] {
+            let cli = Cli::try_parse_from(["scan-api", "--cache-mode", given]).unwrap();
+            assert_eq!(cli.common.cache_mode, mode);
+            assert_eq!(mode.as_str(), given);
+        }
+        let err = Cli::try_parse_from(["scan-api", "--cache-mode", "memory"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("standalone") && err.contains("off"), "{err}");
+        let cli = Cli::try_parse_from(["scan-api", "--redis-url", "redis://h:1"]).unwrap();
+        assert_eq!(cli.common.redis_url.as_deref(), Some("redis://h:1"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("sqlite://scan-api.db"), "sqlite://scan-api.db");
+    }
 }

@@ -1,12 +1,14 @@
 //! Bulk writes for the command line: seeding synthetic reports and importing files.
 //!
 //! Both write through the same [`Store`] and validation as the API, then clear this cache
-//! namespace once (a bulk write changes nearly every cached answer), so a running server never
-//! serves data older than the import.
+//! namespace once (a bulk write changes nearly every cached answer), so a server sharing the
+//! Redis never serves data older than the import. Where the server would run standalone these
+//! commands run without a cache (see [`crate::cache_setup`]): nothing to clear, and a standalone
+//! server does not hear of the import until its cached answers expire or it restarts.
 
 use std::path::Path;
 
-use tiercache::Cache;
+use tiercache::{Cache, Mode};
 
 use crate::error::AppError;
 use crate::store::Store;
@@ -72,7 +74,7 @@ pub async fn import(
 }
 
 async fn clear_after_bulk(cache: &Cache, written: u64) {
-    if written == 0 {
+    if written == 0 || cache.mode() == Mode::Disabled {
         return;
     }
     match cache.clear().await {

@@ -2,12 +2,20 @@
 //!
 //! It stores Trivy JSON reports in PostgreSQL or an embedded SQLite file and serves scan
 //! results, vulnerability lists, image metadata and an expensive insights view. Every read is
-//! cached in Redis through [`tiercache`]; every write invalidates what it changed before it
-//! answers, so no endpoint serves data older than an acknowledged write. When Redis is absent
-//! the service answers from the database (`X-Cache: BYPASS`).
+//! cached through [`tiercache`]; every write invalidates what it changed before it answers, so
+//! no endpoint serves data older than an acknowledged write.
+//!
+//! The cache runs in one of three modes ([`tiercache::Mode`], chosen by `cache_setup` and
+//! reported by `/health` and `/api/cache/health`):
+//! - `redis`: shared by every instance, with an in-process tier in front; while Redis is away
+//!   the service answers from the database (`X-Cache: BYPASS`) and reconnects by itself.
+//! - `standalone`: the in-process tier alone, for one instance (it hears of its own writes
+//!   only); the default on a machine without Redis and without `REDIS_URL`.
+//! - `disabled`: every read from the database.
 //!
 //! # Layout
-//! - `config`: command line and environment (clap).
+//! - `config`: command line and environment (clap); `cache_setup`: which cache mode those
+//!   settings give, and the cache built from them.
 //! - `error`: [`error::AppError`] and its HTTP mapping.
 //! - `model`: domain types; `trivy`: report parsing and validation; `synth`: synthetic reports.
 //! - `store`: the database layer (sqlx), the source of truth.
@@ -15,6 +23,7 @@
 //! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
 
 pub mod cache_policy;
+pub mod cache_setup;
 pub mod config;
 pub mod error;
 pub mod ingest;

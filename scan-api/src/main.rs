@@ -1,15 +1,16 @@
 //! `scan-api`: serve the API (default), `seed` synthetic reports, or `import` Trivy files.
 //!
-//! Run with: `cargo run --release -p scan-api` (SQLite file in the working directory, Redis at
-//! 127.0.0.1:6379 if it answers). `scan-api --help` lists every flag and environment variable.
+//! Run with: `cargo run --release -p scan-api` (SQLite file in the working directory; the cache
+//! in Redis at 127.0.0.1:6379 if it answers, in process if not: see `cache_setup`).
+//! `scan-api --help` lists every flag and environment variable.
 
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use scan_api::config::{Cli, Command, Common, Serve};
+use scan_api::cache_setup::{self, Purpose};
+use scan_api::config::{Cli, Command, Serve, redact};
 use scan_api::store::Store;
-use scan_api::{AppState, cache_policy, ingest};
-use tiercache::{Cache, CacheBuilder};
+use scan_api::{AppState, ingest};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,11 +19,16 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    // The cache first: its settings are checked before the database file is created.
+    let purpose = match cli.command {
+        None | Some(Command::Serve(_)) => Purpose::Serve,
+        Some(Command::Seed(_) | Command::Import(_)) => Purpose::Batch,
+    };
+    let cache = cache_setup::build_cache(&cli.common, purpose).await?;
     let store = Store::connect(&cli.common.database_url)
         .await
         .with_context(|| format!("opening the database {}", redact(&cli.common.database_url)))?;
     tracing::info!(backend = ?store.backend(), "database ready");
-    let cache = build_cache(&cli.common).await?;
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(Serve::from_env()?),
@@ -72,20 +78,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn build_cache(common: &Common) -> anyhow::Result<Cache> {
-    // From the environment for REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB; the flags (which
-    // read the same variables) win for the rest.
-    let builder = CacheBuilder::from_env()
-        .url(common.redis_url.clone())
-        .namespace(common.cache_namespace.clone())
-        .env_prefix(common.app_env.clone())
-        .enabled(common.cache_enabled);
-    Ok(cache_policy::configure(builder)
-        .local_capacity(common.cache_local_capacity)
-        .build()
-        .await?)
-}
-
 fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
@@ -93,14 +85,6 @@ fn progress_bar(total: u64) -> ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -2,16 +2,26 @@
 //!
 //! | route | auth | answer |
 //! |---|---|---|
-//! | `GET /api/cache/stats` | none | hits, misses, hit rate, memory, evictions, keys, uptime, per-category figures |
-//! | `GET /api/cache/health` | none | 200 `{"status":"up","latency_ms":…}` or 503 `{"status":"down",…}` |
+//! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory, evictions, keys, uptime, per-category figures |
+//! | `GET /api/cache/health` | none | 200 `{"status":"up",…}` or 503 `{"status":"down",…}`, with the mode (below) |
 //! | `POST /api/cache/clear` | admin | removes this namespace's keys only; logs who, when, how many |
 //! | `GET /api/cache/keys?pattern=&limit=` | admin | keys by SCAN, the pattern confined to the namespace |
 //! | `GET /api/cache/keys/{key}` | admin | a key's TTL and stored size |
 //! | `DELETE /api/cache/keys/{key}` | admin | removes a key |
 //!
+//! Health depends on the cache's [`Mode`]; every answer has `status`, `mode` and `local` (the
+//! in-process tier's figures, with `live`: whether it serves now; `null` without a tier):
+//!
+//! | mode | answer |
+//! |---|---|
+//! | `redis` | 200 `"up"` with `latency_ms` (a PING) while Redis answers; 503 `"down"` with `detail` and `error` while it is away (reads go to the source) |
+//! | `standalone` | 200 `"up"`: the cache works without Redis (in process, one instance) |
+//! | `disabled` | 503 `"down"`: nothing is cached |
+//!
 //! Admin routes need `Authorization: Bearer <token>`: 401 without it, 403 with a wrong token,
 //! and 403 for everyone when no token is configured. The comparison is constant-time. Errors are
-//! JSON `{"error": "..."}`.
+//! JSON `{"error": "..."}`. Listing and inspecting keys read Redis, so without it (standalone or
+//! disabled) they answer 409; clearing and deleting a key work in every mode.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +35,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tiercache::Cache;
+use tiercache::{Cache, Mode};
 
 /// Default `limit` of `GET /api/cache/keys`.
 pub const DEFAULT_KEYS_LIMIT: usize = 100;
@@ -134,6 +144,7 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Refusal> {
 async fn stats(State(admin): State<Admin>) -> Response {
     let s = admin.cache.stats().await;
     Json(json!({
+        "mode": s.mode,
         "total_keys": s.keys,
         "memory_used": s.used_memory_human,
         "memory_used_bytes": s.used_memory_bytes,
@@ -156,22 +167,51 @@ async fn stats(State(admin): State<Admin>) -> Response {
 }
 
 async fn health(State(admin): State<Admin>) -> Response {
-    match admin.cache.ping().await {
-        Ok(rtt) => Json(json!({
+    let cache = &admin.cache;
+    let mode = cache.mode();
+    let answer = match mode {
+        Mode::Standalone => Ok(json!({
             "status": "up",
-            "latency_ms": rtt.as_secs_f64() * 1e3,
-        }))
-        .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
+            "detail": "in-process cache without redis: one instance, which hears of its own writes only",
+        })),
+        Mode::Disabled => Err(json!({
+            "status": "down",
+            "detail": "the cache is disabled; requests are served from the database",
+        })),
+        _ => match cache.ping().await {
+            Ok(rtt) => Ok(json!({
+                "status": "up",
+                "latency_ms": rtt.as_secs_f64() * 1e3,
+            })),
+            Err(e) => Err(json!({
                 "status": "down",
                 "detail": "redis is unavailable; requests are served from the database",
                 "error": e.to_string(),
             })),
-        )
-            .into_response(),
-    }
+        },
+    };
+    // The tier's figures (no Redis call), read after the PING so that `live` is no older.
+    let local = cache.local_stats();
+    let (status, mut body) = match answer {
+        Ok(body) => (StatusCode::OK, body),
+        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+    };
+    body["mode"] = json!(mode.as_str());
+    body["local"] = json!(local);
+    (status, Json(body)).into_response()
+}
+
+/// Refuses key listing and inspection, which read Redis, when the cache does not use it.
+fn needs_redis(admin: &Admin) -> Result<(), Refusal> {
+    let why = match admin.cache.mode() {
+        Mode::Standalone => {
+            "this cache is standalone (in process, without redis): its keys can be cleared and \
+             deleted, not listed or inspected"
+        }
+        Mode::Disabled => "the cache is disabled: it holds no keys",
+        _ => return Ok(()),
+    };
+    Err(Refusal::new(StatusCode::CONFLICT, why))
 }
 
 async fn clear(State(admin): State<Admin>, request: Request) -> Response {
@@ -241,6 +281,9 @@ async fn list_keys(
             "`pattern` is longer than 256 characters",
         );
     }
+    if let Err(refused) = needs_redis(&admin) {
+        return refused.into_response();
+    }
     let prefix = admin.cache.key_space().prefix().to_owned();
     // A pattern may be given with or without the namespace prefix; either way it is confined.
     let relative = glob.strip_prefix(prefix.as_str()).unwrap_or(&glob);
@@ -278,7 +321,10 @@ async fn show_key(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Response {
-    if let Err(denied) = authorize(&admin, &headers).and_then(|()| check_key(&admin, &key)) {
+    if let Err(denied) = authorize(&admin, &headers)
+        .and_then(|()| check_key(&admin, &key))
+        .and_then(|()| needs_redis(&admin))
+    {
         return denied.into_response();
     }
     let exists = admin.cache.stored_size(&key).await;
@@ -401,13 +447,115 @@ mod tests {
         }
     }
 
+    async fn app_in(mode: Mode, url: &str) -> Router {
+        let cache = Cache::builder()
+            .mode(mode)
+            .url(url)
+            .local_capacity(1 << 20)
+            .build()
+            .await
+            .unwrap();
+        router(Admin::new(cache, Some("s3cret".into())))
+    }
+
+    /// A Redis URL where nothing listens (a port just released).
+    fn nothing_there() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://{}", listener.local_addr().unwrap())
+    }
+
     #[tokio::test]
-    async fn health_says_down_without_redis() {
-        let (s, body) = call(app(None).await, "GET", "/api/cache/health", None).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    async fn health_names_the_mode_and_is_up_only_when_the_cache_works() {
+        let redis = tiercache_testkit::RedisServer::start();
+        let (s, body) = call(
+            app_in(Mode::Redis, &redis.url()).await,
+            "GET",
+            "/api/cache/health",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, &body["status"], &body["mode"]),
+            (StatusCode::OK, &json!("up"), &json!("redis")),
+            "{body}"
+        );
+        assert!(body["latency_ms"].as_f64().is_some(), "{body}");
+        assert!(body["local"]["live"].is_boolean(), "{body}");
+
+        // Redis away: down, and says where the reads go.
+        let (s, body) = call(
+            app_in(Mode::Redis, &nothing_there()).await,
+            "GET",
+            "/api/cache/health",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, &body["mode"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &json!("redis"))
+        );
         assert_eq!(body["status"], "down");
+        assert!(
+            body["detail"].as_str().unwrap().contains("database"),
+            "{body}"
+        );
+        assert_eq!(body["local"]["live"], false, "{body}");
+
+        // Standalone: up without any Redis.
+        let (s, body) = call(
+            app_in(Mode::Standalone, &nothing_there()).await,
+            "GET",
+            "/api/cache/health",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, &body["status"], &body["mode"]),
+            (StatusCode::OK, &json!("up"), &json!("standalone")),
+            "{body}"
+        );
+        assert_eq!(body["local"]["live"], true, "{body}");
+
+        // Disabled: nothing is cached.
+        let (s, body) = call(app(None).await, "GET", "/api/cache/health", None).await;
+        assert_eq!(
+            (s, &body["status"], &body["mode"]),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!("down"),
+                &json!("disabled")
+            )
+        );
+        assert!(body["local"].is_null(), "{body}");
         let (s, body) = call(app(None).await, "GET", "/api/cache/stats", None).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(body["connected"], false);
+        assert_eq!(
+            (&body["connected"], &body["mode"]),
+            (&json!(false), &json!("disabled"))
+        );
+    }
+
+    #[tokio::test]
+    async fn without_redis_keys_are_cleared_and_deleted_not_listed() {
+        for (mode, needle) in [
+            (Mode::Standalone, "standalone"),
+            (Mode::Disabled, "disabled"),
+        ] {
+            let a = app_in(mode, &nothing_there()).await;
+            let auth = Some("Bearer s3cret");
+            for path in ["/api/cache/keys", "/api/cache/keys/dev:tiercache:x"] {
+                let (s, body) = call(a.clone(), "GET", path, auth).await;
+                assert_eq!(s, StatusCode::CONFLICT, "{mode:?} {path}: {body}");
+                assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+            }
+            let (s, _) = call(a.clone(), "DELETE", "/api/cache/keys/dev:tiercache:x", auth).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{mode:?}");
+            let (s, body) = call(a, "POST", "/api/cache/clear", auth).await;
+            assert_eq!(
+                (s, body["removed"].as_u64()),
+                (StatusCode::OK, Some(0)),
+                "{mode:?}"
+            );
+        }
     }
 }

@@ -429,9 +429,17 @@ impl CacheBuilder {
                 "standalone mode keeps values in the in-process tier: give it a capacity",
             ));
         }
-        let info = connection_info(&self.url, self.username, self.password, self.db)?;
+        // A cache that never connects does not judge the Redis settings (a stale REDIS_URL must
+        // not stop a standalone service from starting).
+        let info = match self.mode {
+            Mode::Redis => connection_info(&self.url, self.username, self.password, self.db)?,
+            _ => connection_info(DEFAULT_URL, None, None, None)?,
+        };
         #[cfg(feature = "tls")]
-        let tls = tls_certificates(&info, self.tls_root, self.tls_client)?;
+        let tls = match self.mode {
+            Mode::Redis => tls_certificates(&info, self.tls_root, self.tls_client)?,
+            _ => None,
+        };
 
         let counters = Arc::new(Counters::new(self.ttl.categories()));
         let remote = Arc::new(Remote::new(

@@ -793,20 +793,38 @@ impl Cache {
     }
 
     /// Remaining TTL of `key` in Redis; `None` if it is absent or has no expiry.
+    /// [`Error::NoRedis`] for a standalone cache.
     pub async fn ttl(&self, key: &Key) -> Result<Option<Duration>> {
+        self.needs_redis("ttl")?;
         self.coherence().remote.pttl(key.as_str()).await
     }
 
     /// Size in bytes of the stored (encoded) value of a raw key of this namespace; 0 if absent.
+    /// [`Error::NoRedis`] for a standalone cache.
     pub async fn stored_size(&self, raw_key: &str) -> Result<u64> {
         self.check_raw(raw_key)?;
+        self.needs_redis("stored_size")?;
         self.coherence().remote.strlen(raw_key).await
     }
 
     /// Remaining TTL of a raw key of this namespace (as listed by [`keys`](Self::keys)).
+    /// [`Error::NoRedis`] for a standalone cache.
     pub async fn raw_ttl(&self, raw_key: &str) -> Result<Option<Duration>> {
         self.check_raw(raw_key)?;
+        self.needs_redis("raw_ttl")?;
         self.coherence().remote.pttl(raw_key).await
+    }
+
+    /// [`Error::NoRedis`] for a standalone cache; a disabled one answers
+    /// [`Error::Unavailable`] from Redis calls, as its breaker stays open.
+    fn needs_redis(&self, operation: &'static str) -> Result<()> {
+        match self.inner.mode {
+            Mode::Standalone => Err(Error::NoRedis {
+                operation,
+                mode: Mode::Standalone.as_str(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Removes a raw key of this namespace; returns whether it existed.
@@ -844,9 +862,11 @@ impl Cache {
         }
     }
 
-    /// Up to `limit` keys matching `pattern`, found with SCAN.
+    /// Up to `limit` keys matching `pattern`, found with SCAN (keys of loads in flight
+    /// included). [`Error::NoRedis`] for a standalone cache.
     pub async fn keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
         self.check_pattern(pattern)?;
+        self.needs_redis("keys")?;
         self.coherence().remote.scan_keys(pattern, limit).await
     }
 
@@ -860,8 +880,10 @@ impl Cache {
         self.coherence().catch_up().await
     }
 
-    /// Round-trip time of a PING. Fails at once while the circuit breaker is open.
+    /// Round-trip time of a PING. Fails at once while the circuit breaker is open, and with
+    /// [`Error::NoRedis`] for a standalone cache.
     pub async fn ping(&self) -> Result<Duration> {
+        self.needs_redis("ping")?;
         self.coherence().remote.ping().await
     }
 
@@ -895,7 +917,9 @@ impl Cache {
         stats
     }
 
-    fn local_stats(&self) -> Option<LocalStats> {
+    /// The in-process tier's figures (`None` without a tier), without asking Redis anything:
+    /// cheap enough for a health check.
+    pub fn local_stats(&self) -> Option<LocalStats> {
         let c = self.coherence();
         let (entries, size_bytes, evictions, lapses, channel_losses) = c.tier_figures()?;
         Some(LocalStats {

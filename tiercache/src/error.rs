@@ -29,6 +29,15 @@ pub enum Error {
     /// background probe sees it answer again.
     #[error("redis is unavailable (circuit breaker open)")]
     Unavailable,
+    /// The operation reads Redis, and this cache keeps its values in process
+    /// ([`Mode::Standalone`](crate::Mode::Standalone)).
+    #[error("`{operation}` needs Redis, and this cache is {mode}")]
+    NoRedis {
+        /// The cache method.
+        operation: &'static str,
+        /// The cache's mode.
+        mode: &'static str,
+    },
     /// A value could not be serialized.
     #[error("cannot encode value: {0}")]
     Encode(String),
@@ -79,6 +88,11 @@ impl Error {
     /// open circuit. These are the errors that mean "serve from the source instead".
     pub fn is_unreachable(&self) -> bool {
         self.is_timeout() || self.is_connection() || self.is_unavailable()
+    }
+
+    /// True when the operation needs Redis and the cache does not use it.
+    pub fn is_no_redis(&self) -> bool {
+        matches!(self, Self::NoRedis { .. })
     }
 
     /// True when a value could not be encoded or decoded.

@@ -144,8 +144,10 @@ impl Local {
     }
 
     /// Invalidates everything (moka returns none of the entries held before); returns how many
-    /// there were (approximately).
+    /// there were.
     pub(crate) fn invalidate_all(&self) -> u64 {
+        // Pending writes applied first, so the count is exact rather than lagging.
+        self.entries.run_pending_tasks();
         let held = self.entries.entry_count();
         self.entries.invalidate_all();
         held

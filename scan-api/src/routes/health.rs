@@ -1,5 +1,6 @@
-//! `/health`: the service's own liveness — 200 while the database answers. The cache's health
-//! is `/api/cache/health` (tiercache-axum).
+//! `/health`: the service's own liveness — 200 while the database answers, whatever the cache
+//! does; it names the cache mode (`redis`, `standalone`, `disabled`) and whether Redis is in
+//! use. The cache's health is `/api/cache/health` (tiercache-axum).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +21,7 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => Json(json!({
             "status": "ok",
             "database": "up",
+            "cache_mode": state.cache.mode().as_str(),
             "cache_connected": state.cache.is_connected(),
             "db_queries": state.store.queries(),
         }))

@@ -13,6 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tiercache::Mode;
 
 use crate::AppState;
 use crate::cache_policy::Entry;
@@ -53,11 +54,13 @@ where
         )
             .into_response(),
         Err(e) => {
-            // Errors are never cached: the request missed (or bypassed a Redis that is away).
-            let status = if state.cache.is_connected() {
-                "MISS"
-            } else {
-                "BYPASS"
+            // Errors are never cached: the request missed, or bypassed a cache that is off or
+            // whose Redis is away. A standalone cache is never away (and never "connected").
+            let status = match state.cache.mode() {
+                Mode::Standalone => "MISS",
+                Mode::Disabled => "BYPASS",
+                _ if state.cache.is_connected() => "MISS",
+                _ => "BYPASS",
             };
             let mut response = e.as_ref().into_response();
             response

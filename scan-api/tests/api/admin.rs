@@ -1,13 +1,16 @@
 //! The cache admin routes: bearer-token auth, clear confined to the namespace, key inspection.
+//! Auth runs in both cache modes; key listing and inspection read Redis, so their test is
+//! Redis-only, and standalone has its own (clear empties the tier, listing answers 409).
 
 use reqwest::Method;
-use tiercache::Category;
+use tiercache::{Category, Mode};
 
-use crate::helpers::{ADMIN_TOKEN, Db, TestEnv, report};
+use crate::helpers::{ADMIN_TOKEN, Db, TestEnv, in_each_mode, report};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_routes_need_the_token() {
-    let env = TestEnv::new(Db::Sqlite);
+in_each_mode!(admin_routes_need_the_token);
+
+async fn admin_routes_need_the_token(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app().await;
     for (method, path) in [
         (Method::POST, "/api/cache/clear"),
@@ -51,6 +54,7 @@ async fn admin_routes_need_the_token() {
     assert_eq!(app.get("/api/cache/health").await.status, 200);
 }
 
+/// Redis-only: Redis keys, other namespaces on the same Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_removes_this_namespace_only_and_keys_are_confined() {
     let env = TestEnv::new(Db::Sqlite);
@@ -150,6 +154,55 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
     assert_eq!(
         env.redis.command(&["EXISTS", "unrelated"]).unwrap(),
         ":1\r\n"
+    );
+}
+
+/// Standalone: a clear empties the tier (the next GETs miss), a key of the tier can be deleted,
+/// and listing or inspecting keys answers 409 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_clear_empties_the_tier_and_keys_are_not_listed() {
+    let env = TestEnv::in_mode(Db::Sqlite, Mode::Standalone);
+    let app = env.app().await;
+    assert_eq!(
+        app.post_report(report("team/app", "v1", &["HIGH"]))
+            .await
+            .status,
+        201
+    );
+    let paths = ["/api/scan-results", "/api/images", "/api/insights"];
+    for p in paths {
+        assert_eq!(app.get(p).await.x_cache.as_deref(), Some("MISS"), "{p}");
+        assert_eq!(app.get(p).await.x_cache.as_deref(), Some("HIT"), "{p}");
+    }
+    for path in [
+        "/api/cache/keys",
+        "/api/cache/keys/test:scan-api:analysis:insights",
+    ] {
+        let a = app.admin(Method::GET, path).await;
+        assert_eq!(a.status, 409, "{path}: {:?}", a.body);
+        assert!(a.error().contains("standalone"), "{:?}", a.body);
+    }
+    let cleared = app.admin(Method::POST, "/api/cache/clear").await;
+    assert_eq!(cleared.status, 200, "{:?}", cleared.body);
+    // The count is the tier's entry count, which moka keeps approximately: not checked here.
+    assert!(cleared.body["removed"].is_u64(), "{:?}", cleared.body);
+    for p in paths {
+        assert_eq!(app.get(p).await.x_cache.as_deref(), Some("MISS"), "{p}");
+    }
+    // The insights entry, by its key (`analysis` category, part `insights`).
+    let key = app
+        .cache
+        .key(&scan_api::cache_policy::ANALYSIS, ["insights"]);
+    let deleted = app
+        .admin(
+            Method::DELETE,
+            &format!("/api/cache/keys/{}", crate::helpers::encode(key.as_str())),
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{:?}", deleted.body);
+    assert_eq!(
+        app.get("/api/insights").await.x_cache.as_deref(),
+        Some("MISS")
     );
 }
 

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tiercache::Mode;
 
-use crate::helpers::{Db, TestEnv, encode, report, wait_until};
+use crate::helpers::{Db, TestEnv, encode, in_each_mode, report, wait_until};
 
 const IMAGES: [&str; 5] = ["a*", "a?", "[a]", "ab", "team/app"];
 const SEVERITIES: [&str; 5] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
@@ -50,8 +51,8 @@ fn path(endpoint: usize, image: &str, ids: &[i64]) -> String {
     }
 }
 
-async fn run(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let env = TestEnv::new(db);
+async fn run(db: Db, mode: Mode, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let env = TestEnv::in_mode(db, mode);
     let app = env.app().await;
     let truth = env.uncached_app().await;
     let mut ids: Vec<i64> = Vec::new();
@@ -102,7 +103,13 @@ proptest! {
     #[test]
     fn every_get_equals_the_database_on_sqlite(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(Db::Sqlite, ops))?;
+        rt.block_on(run(Db::Sqlite, Mode::Redis, ops))?;
+    }
+
+    #[test]
+    fn every_get_equals_the_database_standalone(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(run(Db::Sqlite, Mode::Standalone, ops))?;
     }
 }
 
@@ -112,14 +119,15 @@ proptest! {
     #[test]
     fn every_get_equals_the_database_on_postgres(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(Db::Postgres, ops))?;
+        rt.block_on(run(Db::Postgres, Mode::Redis, ops))?;
     }
 }
 
+in_each_mode!(invalidation_does_not_over_reach);
+
 /// A write for one image leaves other images' entries cached, even with glob characters.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidation_does_not_over_reach() {
-    let env = TestEnv::new(Db::Sqlite);
+async fn invalidation_does_not_over_reach(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app().await;
     for image in IMAGES {
         assert_eq!(
@@ -164,6 +172,7 @@ async fn invalidation_does_not_over_reach() {
 /// reaches the other's tier over the invalidation channel, so every GET there soon equals the
 /// database (within the channel's delivery time, which is printed; on loopback it is well under
 /// a millisecond). Without the channel, the reader would serve its tier's copy for a minute.
+/// Redis-only: standalone instances share nothing, by design.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_one_instance_reach_the_others_tier() {
     let env = TestEnv::new(Db::Sqlite);

@@ -2,12 +2,18 @@
 
 use reqwest::Method;
 use serde_json::json;
+use tiercache::Mode;
 
-use crate::helpers::{Db, TestEnv, report};
+use crate::helpers::{Db, TestEnv, in_each_mode, report};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_reports_are_refused_with_the_field_named() {
-    let env = TestEnv::new(Db::Sqlite);
+in_each_mode!(
+    bad_reports_are_refused_with_the_field_named,
+    bodies_over_the_limit_get_413,
+    bad_parameters_and_unknown_things_get_clear_errors,
+);
+
+async fn bad_reports_are_refused_with_the_field_named(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app().await;
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"{not json".to_vec(), 400, "JSON"),
@@ -37,9 +43,8 @@ async fn bad_reports_are_refused_with_the_field_named() {
     assert_eq!(app.get("/api/scan-results").await.body, json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_the_limit_get_413() {
-    let env = TestEnv::new(Db::Sqlite);
+async fn bodies_over_the_limit_get_413(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app_with(|b| b, 2048, None).await;
     let big = report("big/image", "v1", &["HIGH"; 100]);
     assert!(big.len() > 2048);
@@ -54,9 +59,8 @@ async fn bodies_over_the_limit_get_413() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_parameters_and_unknown_things_get_clear_errors() {
-    let env = TestEnv::new(Db::Sqlite);
+async fn bad_parameters_and_unknown_things_get_clear_errors(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app().await;
     for (path, status, needle) in [
         ("/api/scan-results?limit=0", 400, "limit"),

@@ -1,5 +1,6 @@
 //! Redis stopped mid-test: every endpoint still answers correctly from the database, health
 //! says down, `X-Cache` says BYPASS. Redis back: health is up and hits resume within 1 s.
+//! Redis-only: a standalone cache has no Redis to lose.
 
 use std::time::Duration;
 

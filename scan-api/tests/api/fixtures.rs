@@ -1,17 +1,18 @@
 //! Every real Trivy fixture imports, and its image then shows the right counts by severity.
 
 use serde_json::Value;
+use tiercache::Mode;
 
 use crate::helpers::{Db, TestEnv, encode, fixtures};
 
-async fn every_fixture_imports_with_the_right_counts(db: Db) {
+async fn every_fixture_imports_with_the_right_counts(db: Db, mode: Mode) {
     let Some(files) = fixtures() else { return };
     assert!(
         files.len() >= 15,
         "expected the 15 fixtures, found {}",
         files.len()
     );
-    let env = TestEnv::new(db);
+    let env = TestEnv::in_mode(db, mode);
     let app = env.app().await;
     for file in &files {
         let raw = std::fs::read(file).unwrap();
@@ -101,10 +102,15 @@ async fn every_fixture_imports_with_the_right_counts(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_on_sqlite() {
-    every_fixture_imports_with_the_right_counts(Db::Sqlite).await;
+    every_fixture_imports_with_the_right_counts(Db::Sqlite, Mode::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_on_postgres() {
-    every_fixture_imports_with_the_right_counts(Db::Postgres).await;
+    every_fixture_imports_with_the_right_counts(Db::Postgres, Mode::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_standalone() {
+    every_fixture_imports_with_the_right_counts(Db::Sqlite, Mode::Standalone).await;
 }

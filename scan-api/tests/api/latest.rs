@@ -3,6 +3,7 @@
 //! as a 500 — on both backends.
 
 use serde_json::{Value, json};
+use tiercache::Mode;
 
 use crate::helpers::{Db, TestEnv};
 
@@ -20,8 +21,8 @@ fn report_at(image: &str, tag: &str, created_at: Option<&str>, severity: &str) -
     r.to_string().into_bytes()
 }
 
-async fn latest_follows_created_at(db: Db) {
-    let env = TestEnv::new(db);
+async fn latest_follows_created_at(db: Db, mode: Mode) {
+    let env = TestEnv::in_mode(db, mode);
     let app = env.app().await;
     let latest_id = |a: &crate::helpers::Answer| a.body["id"].as_i64().unwrap();
     let newer = app
@@ -114,16 +115,21 @@ async fn latest_follows_created_at(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_on_sqlite() {
-    latest_follows_created_at(Db::Sqlite).await;
+    latest_follows_created_at(Db::Sqlite, Mode::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_on_postgres() {
-    latest_follows_created_at(Db::Postgres).await;
+    latest_follows_created_at(Db::Postgres, Mode::Redis).await;
 }
 
-async fn awkward_input_never_500(db: Db) {
-    let env = TestEnv::new(db);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_standalone() {
+    latest_follows_created_at(Db::Sqlite, Mode::Standalone).await;
+}
+
+async fn awkward_input_never_500(db: Db, mode: Mode) {
+    let env = TestEnv::in_mode(db, mode);
     let app = env.app().await;
     let nul = json!({"SchemaVersion": 2, "ArtifactName": "a\u{0}b"})
         .to_string()
@@ -158,10 +164,15 @@ async fn awkward_input_never_500(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_input_on_sqlite() {
-    awkward_input_never_500(Db::Sqlite).await;
+    awkward_input_never_500(Db::Sqlite, Mode::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_input_on_postgres() {
-    awkward_input_never_500(Db::Postgres).await;
+    awkward_input_never_500(Db::Postgres, Mode::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_input_standalone() {
+    awkward_input_never_500(Db::Sqlite, Mode::Standalone).await;
 }

@@ -1,5 +1,7 @@
 //! The scan-api over HTTP, against real Redis processes (test-kit) and real databases: an
-//! SQLite file per test and a fresh database on a private PostgreSQL cluster per test.
+//! SQLite file per test and a fresh database on a private PostgreSQL cluster per test. The
+//! behaviour tests run in both cache modes, Redis and standalone (`helpers::in_each_mode!`);
+//! those about Redis itself (faults, instances sharing it, its keys) in Redis mode only.
 //!
 //! Set `TEST_LOG=1` to see the service's logs.
 
@@ -14,4 +16,5 @@ mod errors;
 mod faults;
 mod fixtures;
 mod latest;
+mod modes;
 mod stats;

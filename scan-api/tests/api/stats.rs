@@ -1,12 +1,15 @@
-//! Cache statistics move exactly as the requests made.
+//! Cache statistics move exactly as the requests made, in both cache modes.
 
 use std::time::Duration;
 
-use crate::helpers::{Db, TestEnv, report, wait_until};
+use tiercache::Mode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hits_and_misses_move_exactly_as_the_requests() {
-    let env = TestEnv::new(Db::Sqlite);
+use crate::helpers::{Db, TestEnv, in_each_mode, report, wait_until};
+
+in_each_mode!(hits_and_misses_move_exactly_as_the_requests);
+
+async fn hits_and_misses_move_exactly_as_the_requests(mode: Mode) {
+    let env = TestEnv::in_mode(Db::Sqlite, mode);
     let app = env.app().await;
     let created = app
         .post_report(report("stats/app", "v1", &["CRITICAL", "HIGH"]))
@@ -55,23 +58,34 @@ async fn hits_and_misses_move_exactly_as_the_requests() {
     assert_eq!(after["categories"]["analysis"]["hits"], 2);
     assert_eq!(after["categories"]["analysis"]["misses"], 1);
     assert_eq!(after["categories"]["image_metadata"]["misses"], 3);
-    assert_eq!(after["total_keys"].as_u64().unwrap(), n);
-    for field in [
-        "memory_used",
-        "memory_used_bytes",
-        "hit_rate",
-        "evictions",
-        "connected",
-        "uptime",
-    ] {
+    assert_eq!(after["mode"], mode.as_str());
+    for field in ["hit_rate", "connected", "uptime"] {
         assert!(!after[field].is_null(), "{field} in {after}");
     }
-    assert!(
-        after["memory_used"]
-            .as_str()
-            .unwrap()
-            .ends_with(['K', 'M', 'B'])
-    );
+    if mode == Mode::Redis {
+        assert_eq!(after["total_keys"].as_u64().unwrap(), n);
+        assert_eq!(after["connected"], true);
+        for field in ["memory_used", "memory_used_bytes", "evictions"] {
+            assert!(!after[field].is_null(), "{field} in {after}");
+        }
+        assert!(
+            after["memory_used"]
+                .as_str()
+                .unwrap()
+                .ends_with(['K', 'M', 'B'])
+        );
+    } else {
+        // Redis's figures are absent: there is no Redis.
+        assert_eq!(after["connected"], false);
+        for field in [
+            "total_keys",
+            "memory_used",
+            "memory_used_bytes",
+            "evictions",
+        ] {
+            assert!(after[field].is_null(), "{field} in {after}");
+        }
+    }
     // The database was asked once per distinct query, not once per request.
     let queries_before = app.store.queries();
     for p in &paths {

@@ -314,6 +314,7 @@ async fn reads_never_go_back_under_faults() {
         let cache = builder(&server)
             .namespace(ns.as_str())
             .local_capacity(8 << 20)
+            .local_lease(DELTA)
             .build()
             .await
             .unwrap();

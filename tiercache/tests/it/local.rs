@@ -15,11 +15,18 @@ use crate::helpers::{builder, cat, command_calls, unique_namespace, wait_until};
 
 const CAPACITY: u64 = 8 << 20;
 
-/// A cache with an in-process tier in namespace `ns`, once its tier is live.
+/// A cache with an in-process tier in namespace `ns`, once its tier is live. Its lease is 2 s
+/// rather than the default 100 ms: these tests count what the tier serves, and a starved CI
+/// machine must not drop it mid-test (the default lease is exercised by the fault tests).
 async fn tiered(server: &RedisServer, ns: &str) -> Cache {
+    tiered_with(server, ns, Duration::from_secs(2)).await
+}
+
+async fn tiered_with(server: &RedisServer, ns: &str, lease: Duration) -> Cache {
     let cache = builder(server)
         .namespace(ns)
         .local_capacity(CAPACITY)
+        .local_lease(lease)
         .build()
         .await
         .unwrap();
@@ -198,7 +205,11 @@ async fn redis_lost_and_back_leaves_nothing_stale() {
 async fn a_hung_redis_never_leaves_a_stale_tier() {
     let mut server = RedisServer::start();
     let ns = unique_namespace();
-    let (a, b) = (tiered(&server, &ns).await, tiered(&server, &ns).await);
+    let lease = tiercache::DEFAULT_LOCAL_LEASE;
+    let (a, b) = (
+        tiered_with(&server, &ns, lease).await,
+        tiered_with(&server, &ns, lease).await,
+    );
     let key = b.key(&cat::SCAN_RESULTS, ["latest"]);
     let source = Arc::new(AtomicU64::new(1));
     let load = || {

@@ -13,7 +13,8 @@ async fn standalone() -> Cache {
     tiercache_testkit::init_test_logs("tiercache=debug");
     let start = Instant::now();
     let cache = Cache::builder()
-        .url("redis://127.0.0.1:1")
+        // Not even a Redis URL: a cache that never connects does not judge it.
+        .url("not a redis url")
         .namespace(unique_namespace())
         .mode(Mode::Standalone)
         .local_capacity(1 << 20)
@@ -55,7 +56,10 @@ async fn values_are_cached_in_process_and_changes_apply() {
     assert_eq!(cache.get::<u32>(&key).await, None);
     cache.insert(&key, &3u32).await;
     assert_eq!(cache.get::<u32>(&key).await, Some(3));
-    assert_eq!(cache.get_many::<u32>(&[key.clone()]).await, vec![Some(3)]);
+    assert_eq!(
+        cache.get_many::<u32>(std::slice::from_ref(&key)).await,
+        vec![Some(3)]
+    );
 
     let tag = Tag::new("t", ["x"]);
     let tagged = cache.key(&cat::SESSIONS, ["b"]).with_tags([tag.clone()]);
@@ -73,6 +77,17 @@ async fn values_are_cached_in_process_and_changes_apply() {
     cache.clear().await.unwrap();
     assert_eq!(cache.get::<u32>(&key).await, None);
 
+    for err in [
+        cache.ttl(&key).await.unwrap_err(),
+        cache
+            .keys(&cache.key_space().glob("*"), 10)
+            .await
+            .unwrap_err(),
+        cache.ping().await.unwrap_err(),
+    ] {
+        assert!(err.is_no_redis(), "{err}");
+        assert!(err.to_string().contains("standalone"), "{err}");
+    }
     let s = cache.stats().await;
     assert_eq!(s.mode, "standalone");
     assert_eq!((s.errors, s.short_circuits), (0, 0), "Redis never tried");
