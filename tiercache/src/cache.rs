@@ -230,6 +230,7 @@ impl Cache {
         let found = self.open::<T>(key, &bytes, &read.tag_versions).await?;
         if let Lookup::Hit(v) = &found
             && let Some(ttl) = read.ttl
+            && carries_only_keys_tags(key, &bytes)
         {
             // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
             c.tier_fill(key, ticket, Arc::new(v.clone()), bytes.len(), ttl);
@@ -931,6 +932,18 @@ impl Cache {
             channel_losses,
         })
     }
+}
+
+/// Whether every tag the stored value carries is one of `key`'s: only then does a ticket noted
+/// for `key` cover the value's tags, so that an invalidation of any of them reaches its entry in
+/// the tier. (A value read through a key that does not name its tags stays out of the tier.)
+fn carries_only_keys_tags(key: &Key, bytes: &[u8]) -> bool {
+    Sealed::open(bytes).is_ok_and(|sealed| {
+        sealed
+            .tags
+            .iter()
+            .all(|(tag, _)| key.tags().iter().any(|t| t.as_str() == *tag))
+    })
 }
 
 /// Logs a change that will be replayed later. While the breaker is open the outage has been

@@ -197,10 +197,10 @@ impl Ticket {
     }
 
     /// The coalescing name of a load of `key` begun with this ticket: callers after a change of
-    /// the key (or of one of its tags, or a pattern) name another flight.
+    /// the key (or of one of its tags, a pattern, or a clear) name another flight.
     pub(crate) fn flight(&self, key: &Key) -> String {
         use std::fmt::Write;
-        let mut name = format!("{}.{}", self.key.1, self.scope);
+        let mut name = format!("{}.{}.{}", self.key.1, self.scope, self.session);
         for (_, seen) in &self.tags {
             let _ = write!(name, ".{seen}");
         }
@@ -460,8 +460,9 @@ impl Coherence {
     }
 
     /// Whether the tag versions that `sealed` carries are still current. `fetched` holds the
-    /// current versions of `key`'s own tags (read with the value); versions of other tags the
-    /// value carries are fetched here (one more round trip).
+    /// current versions of `key`'s own tags, in order, if they were read with the value (it may
+    /// be empty); the versions of any other tag the value carries are fetched here (one more
+    /// round trip).
     pub(crate) async fn is_current(
         &self,
         key: &Key,
@@ -470,9 +471,14 @@ impl Coherence {
     ) -> Result<bool> {
         let mut unknown: Vec<(&[u8], String)> = Vec::new();
         for (tag, seen) in &sealed.tags {
-            match key.tags().iter().position(|t| t.as_str() == *tag) {
-                Some(i) => {
-                    if fetched.get(i).and_then(Option::as_deref) != Some(*seen) {
+            let known = key
+                .tags()
+                .iter()
+                .position(|t| t.as_str() == *tag)
+                .and_then(|i| fetched.get(i));
+            match known {
+                Some(now) => {
+                    if now.as_deref() != Some(*seen) {
                         return Ok(false);
                     }
                 }

@@ -343,3 +343,39 @@ async fn callers_after_an_invalidation_never_join_an_older_load() {
     assert_eq!(old_reader.finish().await, "old");
     assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("new"));
 }
+
+/// A writer whose breaker is open (its recovery probe has not run yet) still sends its
+/// invalidations: Redis is back, and another instance reading it at once must not find the old
+/// value waiting for the writer's replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_is_sent_even_while_the_writers_breaker_is_open() {
+    let mut server = RedisServer::start();
+    let ns = crate::helpers::unique_namespace();
+    let writer = builder(&server)
+        .namespace(ns.as_str())
+        // Its probe will not close the breaker during this test.
+        .breaker_cooldown(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let reader = builder(&server)
+        .namespace(ns.as_str())
+        .build()
+        .await
+        .unwrap();
+    let key = reader.key(&cat::SCAN_RESULTS, ["open"]);
+    reader.insert(&key, &"old").await;
+    server.pause();
+    for _ in 0..3 {
+        let _ = writer.get::<String>(&key).await;
+    }
+    server.resume();
+    assert!(!writer.is_connected(), "the writer's breaker is open");
+    assert_eq!(reader.get::<String>(&key).await.as_deref(), Some("old"));
+    writer.invalidate(&key).await;
+    assert_eq!(
+        reader.get::<String>(&key).await,
+        None,
+        "the invalidation reached Redis although the writer's breaker was open"
+    );
+}

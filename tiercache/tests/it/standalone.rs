@@ -112,3 +112,21 @@ async fn a_slow_load_never_undoes_an_invalidation() {
     assert_eq!(slow.finish().await, "old");
     assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("new"));
 }
+
+/// The same with a clear: a caller after it never joins a load that began before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_a_clear_never_joins_an_older_load() {
+    let cache = standalone().await;
+    let key = cache.key(&cat::SCAN_RESULTS, ["cleared"]);
+    let slow = held_load(&cache, &key, || "old".to_string()).await;
+    cache.clear().await.unwrap();
+    let fresh = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_with(&key, async { "new".to_string() }),
+    )
+    .await
+    .expect("a caller after the clear does not wait for the older load");
+    assert_eq!(fresh, "new");
+    assert_eq!(slow.finish().await, "old");
+    assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("new"));
+}

@@ -255,9 +255,36 @@ async fn tags_are_honoured_whoever_reads() {
     cache.insert(&key, &Born(1)).await;
     cache.insert(&other, &Born(1)).await;
     assert_eq!(cache.get::<Born>(&bare).await, Some(Born(1)));
+    assert_eq!(
+        cache.get_many::<Born>(&[key.clone(), bare.clone()]).await,
+        vec![Some(Born(1)), Some(Born(1))],
+        "with or without its tags named"
+    );
     cache.invalidate_tag(&group(1)).await;
     assert_eq!(cache.get::<Born>(&bare).await, None);
     assert_eq!(cache.get::<Born>(&other).await, Some(Born(1)));
     let many = cache.get_many::<Born>(&[bare.clone(), other.clone()]).await;
     assert_eq!(many, vec![None, Some(Born(1))]);
+}
+
+/// With a tier: a value read through a key that does not name its tags must not sit in the tier
+/// where a tag invalidation cannot reach it.
+#[tokio::test]
+async fn a_tier_never_keeps_a_value_its_tags_cannot_reach() {
+    let server = RedisServer::start();
+    let cache = tiered(&server, &unique_namespace()).await;
+    let key = tagged(&cache, 5);
+    let bare = cache.key(&cat::SCAN_RESULTS, ["5"]);
+    cache.insert(&key, &Born(1)).await;
+    for _ in 0..3 {
+        assert_eq!(cache.get::<Born>(&bare).await, Some(Born(1)));
+        assert_eq!(cache.get::<Born>(&key).await, Some(Born(1)));
+    }
+    assert!(
+        cache.stats().await.local_hits > 0,
+        "the tagged reads used the tier"
+    );
+    cache.invalidate_tag(&group(3)).await;
+    assert_eq!(cache.get::<Born>(&bare).await, None);
+    assert_eq!(cache.get::<Born>(&key).await, None);
 }
