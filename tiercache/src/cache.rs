@@ -191,12 +191,19 @@ impl Cache {
             self.inner.counters.miss(key.category());
             return None;
         }
-        let ticket = self.coherence().note(key);
-        let found = self.look(key, &ticket).await;
-        let value = match found {
-            Ok(Lookup::Hit(v)) => Some(v),
-            _ => None,
-        };
+        // A tier hit completes here, without building the (larger) future of a Redis read.
+        if let Some(v) = self.tier_value::<T>(key) {
+            self.inner.counters.local_hit(key.category());
+            return Some(v);
+        }
+        let value = Box::pin(async {
+            let ticket = self.coherence().note(key);
+            match self.look_remote(key, &ticket).await {
+                Ok(Lookup::Hit(v)) => Some(v),
+                _ => None,
+            }
+        })
+        .await;
         self.count_read(key, value.is_some());
         value
     }
@@ -209,16 +216,13 @@ impl Cache {
         }
     }
 
-    /// Looks for `key` in the tier, then in Redis (filling the tier, with `ticket`), without
-    /// counting a hit or miss. `Err` means Redis was not reachable.
-    async fn look<T>(&self, key: &Key, ticket: &Ticket) -> Result<Lookup<T>>
+    /// Looks for `key` in Redis after a miss in the tier (filling the tier, with `ticket`, noted
+    /// before), without counting a hit or miss. `Err` means Redis was not reachable.
+    async fn look_remote<T>(&self, key: &Key, ticket: &Ticket) -> Result<Lookup<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let c = self.coherence();
-        if let Some(v) = self.tier_value::<T>(key) {
-            return Ok(Lookup::Hit(v));
-        }
         if c.is_standalone() {
             return Ok(Lookup::Miss);
         }
@@ -238,7 +242,7 @@ impl Cache {
         Ok(found)
     }
 
-    /// The tier's value for `key` as a `T` (counted as a hit there), if it may be served. A
+    /// The tier's value for `key` as a `T`, if it may be served (the caller counts the hit). A
     /// value of another type is not one: Redis (or the loader) decides then.
     fn tier_value<T>(&self, key: &Key) -> Option<T>
     where
@@ -252,7 +256,6 @@ impl Cache {
                 self.inner.envelope.decode::<T>(bytes).ok()?
             }
         };
-        self.inner.counters.local_hit();
         Some(value)
     }
 
@@ -334,20 +337,30 @@ impl Cache {
         }
         let c = self.coherence();
         let mut encoded: Vec<(&Key, Vec<u8>, Duration)> = Vec::with_capacity(entries.len());
+        let versions = c
+            .tag_versions_for_write(entries.iter().map(|(k, _, ttl)| (*k, *ttl)))
+            .await
+            .unwrap_or_default();
         for (key, value, ttl) in entries {
             if !self.tags_fit(key) {
                 break;
             }
-            let versions = match c.tag_versions_for_write(key, *ttl).await {
-                Ok(v) => v,
-                Err(_) => break,
+            // Standalone, tags live in the tier's versions alone; the value carries none.
+            let tags = if c.is_standalone() {
+                Some(Vec::new())
+            } else {
+                key.tags()
+                    .iter()
+                    .map(|t| {
+                        let v = versions.get(t)?;
+                        Some((t.as_str(), std::str::from_utf8(v).unwrap_or("")))
+                    })
+                    .collect::<Option<Vec<(&str, &str)>>>()
             };
-            let tags: Vec<(&str, &str)> = key
-                .tags()
-                .iter()
-                .zip(&versions)
-                .map(|(t, v)| (t.as_str(), std::str::from_utf8(v).unwrap_or("")))
-                .collect();
+            let Some(tags) = tags else {
+                // The versions could not be noted (Redis away): nothing can vouch for them.
+                break;
+            };
             match self.inner.envelope.encode_tagged(*value, &tags) {
                 Ok(bytes) => encoded.push((key, bytes, *ttl)),
                 Err(e) => {
@@ -409,6 +422,10 @@ impl Cache {
             }
             out.push(found);
         }
+        let local: Vec<bool> = out.iter().map(Option::is_some).collect();
+        for (key, _) in keys.iter().zip(&local).filter(|(_, l)| **l) {
+            self.inner.counters.local_hit(key.category());
+        }
         let raw = if self.enabled() && !c.is_standalone() {
             c.remote.mget(&remote_names).await.ok()
         } else {
@@ -417,9 +434,11 @@ impl Cache {
         let mut raw = raw
             .unwrap_or_else(|| vec![None; remote_names.len()])
             .into_iter();
-        for (key, slot) in keys.iter().zip(out.iter_mut()) {
-            if slot.is_none()
-                && let Some(Some(bytes)) = raw.next()
+        for ((key, slot), local) in keys.iter().zip(out.iter_mut()).zip(local) {
+            if local {
+                continue;
+            }
+            if let Some(Some(bytes)) = raw.next()
                 && let Ok(Lookup::Hit(v)) = self.open::<T>(key, &bytes, &[]).await
             {
                 *slot = Some(v);
@@ -500,7 +519,6 @@ impl Cache {
 
     /// [`try_get_with`](Self::try_get_with), also telling where the value came from (for an
     /// `X-Cache` header).
-    #[tracing::instrument(level = "trace", skip_all, fields(key = key.as_str()))]
     pub async fn try_get_with_status<T, E, F>(
         &self,
         key: &Key,
@@ -520,12 +538,29 @@ impl Cache {
                 .map(|v| (v, CacheStatus::Bypass))
                 .map_err(Arc::new);
         }
-        // Noted before anything else: callers that arrive after a change never join a load
+        // A tier hit completes here, without building the (larger) future of a load.
+        if let Some(v) = self.tier_value::<T>(key) {
+            self.inner.counters.local_hit(key.category());
+            return Ok((v, CacheStatus::Hit));
+        }
+        Box::pin(self.load(key, init)).await
+    }
+
+    /// The rest of [`try_get_with_status`](Self::try_get_with_status) after a miss in the tier:
+    /// Redis, then a coalesced load.
+    #[tracing::instrument(level = "trace", skip_all, fields(key = key.as_str()))]
+    async fn load<T, E, F>(&self, key: &Key, init: F) -> Result<(T, CacheStatus), Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>>,
+    {
+        // Noted before Redis is asked: callers that arrive after a change never join a load
         // that began before it (the flight is named by the ticket).
         let ticket = self.coherence().note(key);
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
-        let (reachable, take) = match self.look(key, &ticket).await {
+        let (reachable, take) = match self.look_remote(key, &ticket).await {
             Ok(Lookup::Hit(v)) => {
                 self.count_read(key, true);
                 return Ok((v, CacheStatus::Hit));

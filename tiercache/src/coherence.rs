@@ -75,6 +75,7 @@
 //! Without Redis (`Mode::Standalone`) the tier is the cache: always live, changes local only.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -247,9 +248,14 @@ impl TierLease {
         u64::try_from(self.length.as_nanos()).unwrap_or(u64::MAX / 4)
     }
 
-    fn is_live(&self) -> bool {
+    /// Whether the lease runs at `now` (on this lease's clock).
+    fn is_live_at(&self, now: u64) -> bool {
         let heard = self.heard.load(SeqCst);
-        heard != 0 && self.now() < heard - 1 + self.length_ns()
+        heard != 0 && now < heard - 1 + self.length_ns()
+    }
+
+    fn is_live(&self) -> bool {
+        self.is_live_at(self.now())
     }
 }
 
@@ -301,7 +307,13 @@ impl Coherence {
             keys: config.keys,
             scope: config.scope,
             remote,
-            local: (config.local_capacity > 0).then(|| Local::new(config.local_capacity)),
+            local: (config.local_capacity > 0).then(|| {
+                let max_ttl = match config.scope {
+                    Scope::Shared => Some(config.local_max_ttl),
+                    Scope::Standalone => None,
+                };
+                Local::new(config.local_capacity, max_ttl)
+            }),
             local_max_ttl: config.local_max_ttl,
             max_load_time: config.max_load_time,
             versions: Versions::new(),
@@ -364,10 +376,16 @@ impl Coherence {
     /// in the current session, and none of its tags moved since its read began.
     pub(crate) fn tier_get(&self, key: &Key) -> Option<Arc<dyn Any + Send + Sync>> {
         let local = self.local.as_ref()?;
-        if !self.is_standalone() && !self.lease.is_live() {
+        // One reading of the clock for the lease and the entry's expiry.
+        let now = self.lease.now();
+        if !self.is_standalone() && !self.lease.is_live_at(now) {
             return None;
         }
         let entry = local.get(key.as_str())?;
+        if now >= entry.expires {
+            local.invalidate(key.as_str());
+            return None;
+        }
         let v = &self.versions;
         if entry.session != v.session.load(SeqCst) {
             return None;
@@ -401,7 +419,12 @@ impl Coherence {
         } else {
             ttl.min(self.local_max_ttl)
         };
+        if ttl.is_zero() {
+            return false;
+        }
         let tags = (!ticket.tags.is_empty()).then(|| Arc::from(ticket.tags.as_slice()));
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let expires = self.lease.now().saturating_add(ttl_ns);
         let _shared = self
             .versions
             .gate
@@ -417,7 +440,7 @@ impl Coherence {
                 session: ticket.session,
                 tags,
                 weight: u32::try_from(weight).unwrap_or(u32::MAX),
-                ttl,
+                expires,
             },
         );
         true
@@ -555,25 +578,38 @@ impl Coherence {
         stored
     }
 
-    /// The versions of `tags` for a value written now (`insert`), creating missing ones: one
-    /// round trip.
-    pub(crate) async fn tag_versions_for_write(
+    /// The current version of every tag that the values written now (`insert`, with their
+    /// TTLs) carry, creating missing ones: one round trip for the whole batch.
+    pub(crate) async fn tag_versions_for_write<'k>(
         &self,
-        key: &Key,
-        ttl: Duration,
-    ) -> Result<Vec<Vec<u8>>> {
-        if key.tags().is_empty() || self.is_standalone() {
-            return Ok(Vec::new());
+        writes: impl Iterator<Item = (&'k Key, Duration)>,
+    ) -> Result<HashMap<&'k Tag, Vec<u8>>> {
+        // Each distinct tag once, kept for the longest TTL among the values carrying it.
+        let mut lives: HashMap<&'k Tag, Duration> = HashMap::new();
+        for (key, ttl) in writes {
+            for tag in key.tags() {
+                let life = lives.entry(tag).or_default();
+                *life = (*life).max(ttl.saturating_add(self.max_load_time));
+            }
         }
-        let tag_keys = self.tag_keys(key);
-        let fresh: Vec<String> = tag_keys.iter().map(|_| version_token()).collect();
-        let life = ttl.saturating_add(self.max_load_time);
+        if lives.is_empty() || self.is_standalone() {
+            return Ok(HashMap::new());
+        }
+        let tags: Vec<(&'k Tag, Duration)> = lives.into_iter().collect();
+        let tag_keys: Vec<String> = tags.iter().map(|(t, _)| self.keys.tag_key(t)).collect();
+        let fresh: Vec<String> = tags.iter().map(|_| version_token()).collect();
         let notes: Vec<TagNote<'_>> = tag_keys
             .iter()
             .zip(&fresh)
-            .map(|(key, fresh)| TagNote { key, fresh, life })
+            .zip(&tags)
+            .map(|((key, fresh), (_, life))| TagNote {
+                key,
+                fresh,
+                life: *life,
+            })
             .collect();
-        self.remote.note_tags(&notes).await
+        let versions = self.remote.note_tags(&notes).await?;
+        Ok(tags.into_iter().map(|(t, _)| t).zip(versions).collect())
     }
 
     /// Invalidates in this process: moves the versions that `change` concerns and invalidates
@@ -948,6 +984,21 @@ mod tests {
         assert_eq!(value(&c, &plain), Some(2), "but drops only what it matches");
         c.invalidate_here(&Change::Invalidate(Target::Clear));
         assert_eq!(value(&c, &plain), None);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_with_their_ttl() {
+        let c = coherence(Scope::Standalone);
+        let key = c.keys().key(&Category::new("c"), ["k"]);
+        let t = c.note(&key);
+        assert!(c.tier_fill(&key, &t, Arc::new(1u32), 4, Duration::from_millis(30)));
+        assert_eq!(value(&c, &key), Some(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while value(&c, &key).is_some() {
+            assert!(Instant::now() < deadline, "entry did not expire");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!c.tier_fill(&key, &c.note(&key), Arc::new(2u32), 4, Duration::ZERO));
     }
 
     #[tokio::test]

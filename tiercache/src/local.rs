@@ -3,20 +3,21 @@
 //! It keeps **decoded** values (`Arc<dyn Any>` holding the caller's `T`), so a hit costs a hash
 //! lookup, a few atomic loads and a clone of `T` (an `Arc` clone when `T = Arc<U>`), never a
 //! decode. It stays bounded in bytes: each entry weighs what its encoded value does (plus its
-//! key), through moka's weigher. Each entry expires after its own TTL (at most its Redis copy's,
-//! see `coherence`).
+//! key), through moka's weigher.
 //!
-//! Whether an entry may be served is not decided here: an entry carries the tier session it was
-//! filled in and the versions of its tags, and `coherence` checks both (and the tier's lease) on
-//! every hit.
+//! Whether an entry may be served is not decided here: an entry carries when it expires (at most
+//! when its Redis copy does), the tier session it was filled in and the versions of its tags, and
+//! `coherence` checks them (and the tier's lease) on every hit, with one reading of the clock.
+//! moka itself only drops entries for room and, in front of Redis, after the longest time an
+//! entry may live here; an expired entry is dropped when it is read. (moka's per-entry expiry
+//! would cost every read a second reading of the clock and more bookkeeping.)
 
 use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::notification::RemovalCause;
-use moka::policy::Expiry;
 
 use crate::key::Pattern;
 
@@ -31,8 +32,8 @@ pub(crate) struct Entry {
     pub(crate) tags: Option<Arc<[(u32, u64)]>>,
     /// Bytes it stands for: its encoded size.
     pub(crate) weight: u32,
-    /// How long it may live here.
-    pub(crate) ttl: Duration,
+    /// When it expires, on `coherence`'s clock (nanoseconds).
+    pub(crate) expires: u64,
 }
 
 impl std::fmt::Debug for Entry {
@@ -40,27 +41,8 @@ impl std::fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("session", &self.session)
             .field("weight", &self.weight)
-            .field("ttl", &self.ttl)
+            .field("expires", &self.expires)
             .finish_non_exhaustive()
-    }
-}
-
-/// Expires each entry after its own TTL.
-struct PerEntryTtl;
-
-impl Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &String, value: &Entry, _at: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _at: Instant,
-        _remaining: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
     }
 }
 
@@ -80,36 +62,37 @@ impl std::fmt::Debug for Local {
 }
 
 impl Local {
-    /// A tier of at most `capacity_bytes` (keys plus encoded sizes).
-    pub(crate) fn new(capacity_bytes: u64) -> Self {
+    /// A tier of at most `capacity_bytes` (keys plus encoded sizes), whose entries moka drops
+    /// after `max_ttl` at the latest.
+    pub(crate) fn new(capacity_bytes: u64, max_ttl: Option<Duration>) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         let counted = evictions.clone();
-        let entries = moka::sync::Cache::builder()
+        let mut builder = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
                 u32::try_from(key.len())
                     .unwrap_or(u32::MAX)
                     .saturating_add(entry.weight)
             })
-            .expire_after(PerEntryTtl)
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
                     counted.fetch_add(1, Ordering::Relaxed);
                 }
-            })
-            .build();
-        Self { entries, evictions }
+            });
+        if let Some(ttl) = max_ttl {
+            builder = builder.time_to_live(ttl);
+        }
+        Self {
+            entries: builder.build(),
+            evictions,
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
         self.entries.get(key)
     }
 
-    /// Stores `entry` unless its TTL is zero.
     pub(crate) fn insert(&self, key: &str, entry: Entry) {
-        if entry.ttl.is_zero() {
-            return;
-        }
         self.entries.insert(key.to_owned(), entry);
     }
 
@@ -179,13 +162,13 @@ mod tests {
     use super::*;
     use crate::key::{Category, KeySpace};
 
-    fn entry(v: u32, weight: u32, ttl: Duration) -> Entry {
+    fn entry(v: u32, weight: u32) -> Entry {
         Entry {
             value: Arc::new(v),
             session: 0,
             tags: None,
             weight,
-            ttl,
+            expires: u64::MAX,
         }
     }
 
@@ -196,13 +179,13 @@ mod tests {
 
     #[test]
     fn pattern_removal_drops_matches_only() {
-        let l = Local::new(1 << 20);
+        let l = Local::new(1 << 20, None);
         let s = KeySpace::new("t", "ns").unwrap();
         let c = Category::new("images");
         let a = s.key(&c, ["a*"]);
         let b = s.key(&c, ["ab"]);
-        l.insert(a.as_str(), entry(1, 1, Duration::from_secs(10)));
-        l.insert(b.as_str(), entry(2, 1, Duration::from_secs(10)));
+        l.insert(a.as_str(), entry(1, 1));
+        l.insert(b.as_str(), entry(2, 1));
         assert_eq!(l.invalidate_matching(&s.pattern(&c, ["a*"])), 1);
         assert_eq!(value(&l, a.as_str()), None);
         assert_eq!(value(&l, b.as_str()), Some(2));
@@ -215,22 +198,22 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_with_their_ttl() {
-        let l = Local::new(1 << 20);
-        l.insert("k", entry(1, 1, Duration::from_millis(30)));
+    fn entries_go_after_the_longest_time_they_may_live() {
+        let l = Local::new(1 << 20, Some(Duration::from_millis(30)));
+        l.insert("k", entry(1, 1));
         assert_eq!(value(&l, "k"), Some(1));
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while l.get("k").is_some() {
-            assert!(Instant::now() < deadline, "entry did not expire");
+            assert!(std::time::Instant::now() < deadline, "entry did not expire");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     #[test]
     fn capacity_is_bounded_by_encoded_size() {
-        let l = Local::new(10_000);
+        let l = Local::new(10_000, None);
         for i in 0..100 {
-            l.insert(&format!("k{i}"), entry(i, 1000, Duration::from_secs(60)));
+            l.insert(&format!("k{i}"), entry(i, 1000));
         }
         l.run_pending_tasks();
         assert!(l.size_bytes() <= 10_000, "{}", l.size_bytes());

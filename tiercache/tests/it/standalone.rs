@@ -66,6 +66,10 @@ async fn values_are_cached_in_process_and_changes_apply() {
     assert_eq!(cache.get_with(&tagged, async { 4u32 }).await, 4);
     cache.invalidate_tag(&tag).await;
     assert_eq!(cache.get::<u32>(&tagged).await, None);
+    cache.insert(&tagged, &7u32).await;
+    assert_eq!(cache.get::<u32>(&tagged).await, Some(7));
+    cache.invalidate_tag(&tag).await;
+    assert_eq!(cache.get::<u32>(&tagged).await, None);
 
     let p = cache
         .key_space()
