@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tiercache::{Cache, DEFAULT_LOCAL_LEASE, Key, Tag};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cat, unique_namespace, wait_until};
+use crate::helpers::{cat, tiered_with, unique_namespace, wait_live, wait_until};
 
 const KEYS: usize = 12;
 /// Key `k` carries the tag of group `k % GROUPS`.
@@ -311,18 +311,7 @@ async fn reads_never_go_back_under_faults() {
     let ns = unique_namespace();
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let cache = builder(&server)
-            .namespace(ns.as_str())
-            .local_capacity(8 << 20)
-            .local_lease(DELTA)
-            .build()
-            .await
-            .unwrap();
-        wait_until(Duration::from_secs(5), "the tier to go live", || async {
-            cache.stats().await.local.is_some_and(|l| l.live)
-        })
-        .await;
-        nodes.push(Node::Tiered(cache));
+        nodes.push(Node::Tiered(tiered_with(&server, &ns, DELTA).await));
     }
     let nodes = Arc::new(nodes);
     let world = Arc::new(World::new());
@@ -335,12 +324,7 @@ async fn reads_never_go_back_under_faults() {
     let took = converge(&nodes, &world).await;
     for node in nodes.iter() {
         if let Node::Tiered(cache) = node {
-            wait_until(
-                Duration::from_secs(10),
-                "every tier serves again",
-                || async { cache.stats().await.local.is_some_and(|l| l.live) },
-            )
-            .await;
+            wait_live(cache, true).await;
         }
     }
     drop(server);

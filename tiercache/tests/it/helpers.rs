@@ -71,6 +71,30 @@ pub(crate) fn dbsize(server: &RedisServer) -> u64 {
         .expect("integer reply")
 }
 
+/// A cache with an in-process tier of 8 MiB and the given lease in namespace `ns`, once its
+/// tier serves.
+pub(crate) async fn tiered_with(server: &RedisServer, ns: &str, lease: Duration) -> Cache {
+    let cache = builder(server)
+        .namespace(ns)
+        .local_capacity(8 << 20)
+        .local_lease(lease)
+        .build()
+        .await
+        .expect("valid test configuration");
+    wait_live(&cache, true).await;
+    cache
+}
+
+/// Waits (5 s at most) until `cache`'s tier serves (`live`) or not; returns how long it took.
+pub(crate) async fn wait_live(cache: &Cache, live: bool) -> Duration {
+    wait_until(
+        Duration::from_secs(5),
+        "the in-process tier's state",
+        || async { cache.stats().await.local.is_some_and(|l| l.live == live) },
+    )
+    .await
+}
+
 /// Two caches on `server` sharing one fresh namespace, without in-process tiers: two
 /// instances of one service, neither hearing of the other but through Redis.
 pub(crate) async fn two_instances(server: &RedisServer) -> (Cache, Cache) {

@@ -11,7 +11,9 @@ use proptest::prelude::*;
 use tiercache::{Cache, CacheStatus, Key};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cat, command_calls, unique_namespace, wait_until};
+use crate::helpers::{
+    builder, cat, command_calls, tiered_with, unique_namespace, wait_live, wait_until,
+};
 
 const CAPACITY: u64 = 8 << 20;
 
@@ -20,27 +22,6 @@ const CAPACITY: u64 = 8 << 20;
 /// machine must not drop it mid-test (the default lease is exercised by the fault tests).
 async fn tiered(server: &RedisServer, ns: &str) -> Cache {
     tiered_with(server, ns, Duration::from_secs(2)).await
-}
-
-async fn tiered_with(server: &RedisServer, ns: &str, lease: Duration) -> Cache {
-    let cache = builder(server)
-        .namespace(ns)
-        .local_capacity(CAPACITY)
-        .local_lease(lease)
-        .build()
-        .await
-        .unwrap();
-    wait_live(&cache, true).await;
-    cache
-}
-
-async fn wait_live(cache: &Cache, live: bool) -> Duration {
-    wait_until(
-        Duration::from_secs(5),
-        "the in-process tier's state",
-        || async { cache.stats().await.local.is_some_and(|l| l.live == live) },
-    )
-    .await
 }
 
 /// Waits (2 s at most) until `cache` reads `expected` under `key`; returns how long it took.

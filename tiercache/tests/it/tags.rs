@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use tiercache::{Cache, Key, Tag};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, cat, command_calls, held_load, unique_namespace, wait_until};
+use crate::helpers::{
+    cache, cat, command_calls, held_load, tiered_with, unique_namespace, wait_until,
+};
 
 /// A value as the tests store it: which op produced it, so a read can tell how old it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,18 +40,10 @@ fn groups_of(k: u8) -> Vec<u8> {
     g
 }
 
+/// A tiered instance; its lease is 2 s so that a starved CI machine does not drop the tier
+/// under a test that counts what it serves.
 async fn tiered(server: &RedisServer, ns: &str) -> Cache {
-    let cache = builder(server)
-        .namespace(ns)
-        .local_capacity(8 << 20)
-        .build()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(5), "the tier to go live", || async {
-        cache.stats().await.local.is_some_and(|l| l.live)
-    })
-    .await;
-    cache
+    tiered_with(server, ns, Duration::from_secs(2)).await
 }
 
 #[derive(Debug, Clone)]
