@@ -86,12 +86,7 @@ fn decode_raw(bytes: &[u8]) -> ScanSummary {
 }
 
 fn main() {
-    let secs = Duration::from_secs_f64(
-        std::env::var("BENCH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1.0),
-    );
+    let secs = support::bench_secs();
     let server = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

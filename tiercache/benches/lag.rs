@@ -23,9 +23,11 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tiercache::{Cache, Category, Key};
 use tiercache_testkit::RedisServer;
@@ -41,14 +43,7 @@ async fn tiered(server: &RedisServer) -> Cache {
         .build()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cache.stats().await.local.is_some_and(|l| l.live) {
-        assert!(
-            Instant::now() < deadline,
-            "the in-process tier did not go live"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::wait_live(&cache).await;
     cache
 }
 

@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use support::{ScanSummary, value};
+use support::{ScanSummary, env_f64, value, wait_live};
 use tiercache::{Cache, Category, Key};
 use tiercache_testkit::RedisServer;
 
@@ -426,26 +426,8 @@ impl Side {
     }
 }
 
-async fn wait_live(cache: &Cache) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cache.stats().await.local.is_some_and(|l| l.live) {
-        assert!(
-            Instant::now() < deadline,
-            "the in-process tier did not go live"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let secs = Duration::from_secs_f64(env_f64("BENCH_SECS", 1.0));
+    let secs = support::bench_secs();
     let latency = Duration::from_secs_f64(env_f64("BENCH_LOAD_US", 500.0) / 1e6);
     let server = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -24,11 +24,14 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use support::command_calls;
 use tiercache::{Cache, Category, Key, Tag};
 use tiercache_testkit::RedisServer;
 
@@ -39,17 +42,6 @@ const IN_FLIGHT: usize = 8;
 const INVALIDATIONS: usize = 200;
 /// Keys read before and after the invalidations.
 const SAMPLE: usize = 100;
-
-/// `calls=N` of every command in `INFO commandstats`.
-fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Commands called between two snapshots, `INFO` left out, by name.
 fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {

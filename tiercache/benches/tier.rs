@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use support::{ScanSummary, value};
+use support::{ScanSummary, command_calls, value, wait_live};
 use tiercache::{Cache, Category, Key};
 use tiercache_testkit::RedisServer;
 
@@ -156,17 +156,6 @@ async fn round<R: Reader>(reader: &Arc<R>, tasks: usize, secs: Duration, tally: 
     tally.elapsed += start.elapsed();
 }
 
-/// `calls=N` of every command in `INFO commandstats`.
-fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Calls of the commands that read a value: GET (and the PTTL that comes with it when the cache
 /// has a tier), MGET and the load lease.
 fn reads(calls: &HashMap<String, u64>) -> u64 {
@@ -177,12 +166,7 @@ fn reads(calls: &HashMap<String, u64>) -> u64 {
 }
 
 fn main() {
-    let secs = Duration::from_secs_f64(
-        std::env::var("BENCH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1.0),
-    );
+    let secs = support::bench_secs();
     let server = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -199,14 +183,7 @@ async fn run(server: &RedisServer, secs: Duration) {
         .build()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cache.stats().await.local.is_some_and(|l| l.live) {
-        assert!(
-            Instant::now() < deadline,
-            "the in-process tier did not go live"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_live(&cache).await;
     let cat = Category::new("scans");
     let values: Vec<Arc<ScanSummary>> = (0..KEYS)
         .map(|i| {

@@ -1,6 +1,14 @@
-//! The value both benches use: a ~2 KB JSON-like scan summary, as `scan-api` caches.
+//! What the benches share: the ~2 KB JSON-like scan summary `scan-api` caches, the round length,
+//! waiting for a tier to serve, and Redis's command counts.
+// Each bench compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tiercache::Cache;
+use tiercache_testkit::RedisServer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Finding {
@@ -38,4 +46,42 @@ pub(crate) fn value() -> ScanSummary {
             })
             .collect(),
     }
+}
+
+/// The length of one round: `BENCH_SECS` (default 1 s).
+pub(crate) fn bench_secs() -> Duration {
+    Duration::from_secs_f64(env_f64("BENCH_SECS", 1.0))
+}
+
+/// A number from the environment, or `default`.
+pub(crate) fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Waits (5 s at most) until `cache`'s in-process tier serves.
+pub(crate) async fn wait_live(cache: &Cache) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cache.stats().await.local.is_some_and(|l| l.live) {
+        assert!(
+            Instant::now() < deadline,
+            "the in-process tier did not go live"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `calls=N` of every command in `INFO commandstats`.
+pub(crate) fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
+    let info = server
+        .command(&["INFO", "commandstats"])
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
 }
