@@ -332,18 +332,19 @@ impl Remote {
                 ..Read::default()
             });
         }
+        // The value and its tags' versions in one MGET: one command for Redis to run, not one
+        // per key. (Redis Cluster will need one per slot.)
         let mut pipe = redis::pipe();
-        pipe.ignore_errors().cmd("GET").arg(key);
+        pipe.ignore_errors().cmd("MGET").arg(key).arg(tag_keys);
         if with_ttl {
             pipe.cmd("PTTL").arg(key);
         }
-        for tag in tag_keys {
-            pipe.cmd("GET").arg(tag);
-        }
-        let replies = self.pipeline("GET (pipeline)", Via::Breaker, &pipe).await?;
-        self.refused("GET (pipeline)", &replies)?;
+        let replies = self.pipeline("MGET (read)", Via::Breaker, &pipe).await?;
+        self.refused("MGET (read)", &replies)?;
         let mut replies = replies.into_iter();
-        let value = bytes_reply(replies.next())?;
+        let mut found: Vec<Option<Vec<u8>>> =
+            redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+                .map_err(|e| Error::Redis(e.into()))?;
         let ttl = if with_ttl {
             let ms: i64 = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
                 .map_err(|e| Error::Redis(e.into()))?;
@@ -354,13 +355,17 @@ impl Remote {
         } else {
             None
         };
-        let tag_versions = replies
-            .map(|r| bytes_reply(Some(r)))
-            .collect::<Result<_>>()?;
+        if found.is_empty() {
+            return Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "MGET returned no value",
+            ))));
+        }
+        let value = found.remove(0);
         Ok(Read {
             value,
             ttl,
-            tag_versions,
+            tag_versions: found,
         })
     }
 
