@@ -327,7 +327,6 @@ async fn reads_never_go_back_under_faults() {
             wait_live(cache, true).await;
         }
     }
-    drop(server);
     println!(
         "{} reads, {} writes, {} violations (Δ = {DELTA:?}); slowest read {:?}, slowest write {:?}; converged {took:?} after the faults",
         outcome.reads,
@@ -345,6 +344,7 @@ async fn reads_never_go_back_under_faults() {
             );
         }
     }
+    drop(server);
     assert!(
         outcome.violations.is_empty(),
         "seed {seed}: {} reads went back in time, first: {:#?}",
