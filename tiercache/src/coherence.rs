@@ -106,6 +106,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::bus::{Channel, Notice};
+use crate::clock::Clock;
 use crate::codec::Sealed;
 use crate::error::Result;
 use crate::invalidation::PendingInvalidations;
@@ -254,27 +255,28 @@ pub(crate) enum Leasing {
 /// The tier's lease on the channel (see the module docs).
 #[derive(Debug)]
 struct TierLease {
-    /// Time zero of the stamps below.
-    base: Instant,
-    /// When the last heartbeat heard back was sent, in ns since `base`, plus one; 0: none since
-    /// the channel was last lost.
+    /// The clock of the stamps below (and of the tier's expiries).
+    clock: Clock,
+    /// When the last heartbeat heard back was sent, on `clock`, plus one; 0: none since the
+    /// channel was last lost.
     heard: AtomicU64,
     length: Duration,
 }
 
 impl TierLease {
     fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+        self.clock.now()
     }
 
     fn length_ns(&self) -> u64 {
-        u64::try_from(self.length.as_nanos()).unwrap_or(u64::MAX / 4)
+        Clock::span(self.length)
     }
 
-    /// Whether the lease runs at `now` (on this lease's clock).
+    /// Whether the lease runs at `now` (read from `clock`, which may trail real time by its
+    /// lag: allowed for, so the lease never looks longer than it is).
     fn is_live_at(&self, now: u64) -> bool {
         let heard = self.heard.load(SeqCst);
-        heard != 0 && now < heard - 1 + self.length_ns()
+        heard != 0 && now.saturating_add(self.clock.lag()) < heard - 1 + self.length_ns()
     }
 
     fn is_live(&self) -> bool {
@@ -341,7 +343,7 @@ impl Coherence {
             max_load_time: config.max_load_time,
             versions: Versions::new(),
             lease: TierLease {
-                base: Instant::now(),
+                clock: Clock::new(),
                 heard: AtomicU64::new(0),
                 length: config.local_lease,
             },
@@ -446,8 +448,7 @@ impl Coherence {
             return false;
         }
         let tags = (!ticket.tags.is_empty()).then(|| Arc::from(ticket.tags.as_slice()));
-        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        let expires = self.lease.now().saturating_add(ttl_ns);
+        let expires = self.lease.now().saturating_add(Clock::span(ttl));
         let _shared = self
             .versions
             .gate
@@ -820,7 +821,8 @@ impl Coherence {
     /// lapsed, notices may have been missed meanwhile: the tier is dropped first.
     pub(crate) fn renew(&self, sent: u64) {
         let heard = self.lease.heard.load(SeqCst);
-        if heard == 0 || self.lease.now() >= heard - 1 + self.lease.length_ns() {
+        // Lapsed, or may have (the clock may trail real time by its lag).
+        if heard == 0 || !self.lease.is_live_at(self.lease.now()) {
             self.versions.moving(|v| {
                 v.session.fetch_add(1, SeqCst);
             });

@@ -48,7 +48,7 @@
 //! - `bus`: the invalidation channel and its heartbeats; `invalidation`: changes owed to Redis
 //!   after a failure, replayed before reads resume; `breaker` and `probe`: the circuit breaker
 //!   and the background task that closes it again.
-//! - `coalesce`: one loader per key at a time.
+//! - `coalesce`: one loader per key at a time; `clock`: the tier's cheap clock.
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
 //!   jitter; `codec`: the versioned, optionally compressed value envelope.
 //! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
@@ -90,6 +90,7 @@ mod breaker;
 mod builder;
 mod bus;
 mod cache;
+mod clock;
 mod coalesce;
 mod codec;
 mod coherence;
