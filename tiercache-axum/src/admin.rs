@@ -464,16 +464,14 @@ mod tests {
         format!("redis://{}", listener.local_addr().unwrap())
     }
 
+    async fn health_in(mode: Mode, url: &str) -> (StatusCode, serde_json::Value) {
+        call(app_in(mode, url).await, "GET", "/api/cache/health", None).await
+    }
+
     #[tokio::test]
     async fn health_names_the_mode_and_is_up_only_when_the_cache_works() {
         let redis = tiercache_testkit::RedisServer::start();
-        let (s, body) = call(
-            app_in(Mode::Redis, &redis.url()).await,
-            "GET",
-            "/api/cache/health",
-            None,
-        )
-        .await;
+        let (s, body) = health_in(Mode::Redis, &redis.url()).await;
         assert_eq!(
             (s, &body["status"], &body["mode"]),
             (StatusCode::OK, &json!("up"), &json!("redis")),
@@ -483,13 +481,7 @@ mod tests {
         assert!(body["local"]["live"].is_boolean(), "{body}");
 
         // Redis away: down, and says where the reads go.
-        let (s, body) = call(
-            app_in(Mode::Redis, &nothing_there()).await,
-            "GET",
-            "/api/cache/health",
-            None,
-        )
-        .await;
+        let (s, body) = health_in(Mode::Redis, &nothing_there()).await;
         assert_eq!(
             (s, &body["mode"]),
             (StatusCode::SERVICE_UNAVAILABLE, &json!("redis"))
@@ -502,13 +494,7 @@ mod tests {
         assert_eq!(body["local"]["live"], false, "{body}");
 
         // Standalone: up without any Redis.
-        let (s, body) = call(
-            app_in(Mode::Standalone, &nothing_there()).await,
-            "GET",
-            "/api/cache/health",
-            None,
-        )
-        .await;
+        let (s, body) = health_in(Mode::Standalone, &nothing_there()).await;
         assert_eq!(
             (s, &body["status"], &body["mode"]),
             (StatusCode::OK, &json!("up"), &json!("standalone")),

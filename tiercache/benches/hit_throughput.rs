@@ -88,10 +88,7 @@ fn decode_raw(bytes: &[u8]) -> ScanSummary {
 fn main() {
     let secs = support::bench_secs();
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async {
         let cache = Cache::builder().url(server.url()).namespace("bench").build().await.unwrap();
         let tiered = Cache::builder().url(server.url()).namespace("bench").local_capacity(16 << 20).build().await.unwrap();

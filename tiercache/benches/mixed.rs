@@ -430,10 +430,7 @@ fn main() {
     let secs = support::bench_secs();
     let latency = Duration::from_secs_f64(env_f64("BENCH_LOAD_US", 500.0) / 1e6);
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(run(&server, secs, latency));
 }
 

@@ -101,10 +101,7 @@ async fn fill(cache: &Cache, keys: &Arc<Vec<Key>>) {
 
 fn main() {
     let server = RedisServer::start_with_args(&["--maxmemory", "0"]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(run(&server));
 }
 

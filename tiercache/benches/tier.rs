@@ -168,10 +168,7 @@ fn reads(calls: &HashMap<String, u64>) -> u64 {
 fn main() {
     let secs = support::bench_secs();
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(run(&server, secs));
 }
 

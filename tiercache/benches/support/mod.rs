@@ -53,6 +53,14 @@ pub(crate) fn bench_secs() -> Duration {
     Duration::from_secs_f64(env_f64("BENCH_SECS", 1.0))
 }
 
+/// The benches' runtime: multi-threaded, one worker per core.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A number from the environment, or `default`.
 pub(crate) fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
