@@ -846,16 +846,24 @@ impl Coherence {
         if self.local.is_none() || self.is_standalone() {
             return true;
         }
-        let since = self.stamp();
-        // Sent now rather than waiting for the next periodic one.
-        let _ = self
-            .remote
-            .publish(self.channel.own(), &since.to_le_bytes(), Via::Breaker)
-            .await;
         let wait = async {
+            // A heartbeat proves it was sent after the call only if its stamp is later than the
+            // call's: the clock is coarse, and a heartbeat sent just before the call can carry
+            // the same stamp. So ours is stamped from the next tick on.
+            let since = self.stamp();
+            let mut stamp = self.stamp();
+            while stamp <= since {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                stamp = self.stamp();
+            }
+            let _ = self
+                .remote
+                .publish(self.channel.own(), &stamp.to_le_bytes(), Via::Breaker)
+                .await;
             loop {
                 let renewed = self.renewed.notified();
-                if self.lease.heard.load(SeqCst) > since {
+                // `heard` is the latest heartbeat's stamp plus one.
+                if self.lease.heard.load(SeqCst) > since.saturating_add(1) {
                     return;
                 }
                 renewed.await;
