@@ -74,41 +74,38 @@ impl Channel {
 
     /// The notice of `change`.
     pub(crate) fn notice(&self, change: &Change<'_>) -> Vec<u8> {
-        let mut n = Notice {
-            from: self.id,
-            ..Notice::default()
-        };
         match change {
-            Change::Invalidate(Target::Keys(keys)) => {
-                n.keys = keys.iter().map(|k| (*k).to_owned()).collect();
-            }
-            Change::Invalidate(Target::Pattern(p)) => n.patterns = vec![p.as_str().to_owned()],
+            Change::Invalidate(Target::Keys(keys)) => self.notice_of(keys, &[], &[], false),
+            Change::Invalidate(Target::Pattern(p)) => self.notice_of(&[], &[p], &[], false),
             Change::Invalidate(Target::Tags(tags)) => {
-                n.tags = tags.iter().map(|t| t.as_str().to_owned()).collect();
+                let tags: Vec<&Tag> = tags.iter().collect();
+                self.notice_of(&[], &[], &tags, false)
             }
-            Change::Invalidate(Target::Clear) => n.clear = true,
+            Change::Invalidate(Target::Clear) => self.notice_of(&[], &[], &[], true),
             Change::Overwrite(entries) => {
-                n.keys = entries.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+                let keys: Vec<&str> = entries.iter().map(|(k, _, _)| *k).collect();
+                self.notice_of(&keys, &[], &[], false)
             }
         }
-        encode(&n)
     }
 
-    /// A notice of owed changes being replayed.
-    pub(crate) fn replay_notice(
+    /// A notice naming `keys`, `patterns`, `tags` and (`clear`) everything.
+    pub(crate) fn notice_of(
         &self,
         keys: &[&str],
         patterns: &[&Pattern],
         tags: &[&Tag],
         clear: bool,
     ) -> Vec<u8> {
-        encode(&Notice {
+        let notice = Notice {
             from: self.id,
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
             tags: tags.iter().map(|t| t.as_str().to_owned()).collect(),
             clear,
-        })
+        };
+        // Serializing strings, numbers and bools to JSON cannot fail.
+        serde_json::to_vec(&notice).unwrap_or_default()
     }
 
     /// This instance's heartbeat channel.
@@ -123,11 +120,6 @@ impl Channel {
             payload,
         }
     }
-}
-
-fn encode(notice: &Notice) -> Vec<u8> {
-    // Serializing strings, numbers and bools to JSON cannot fail.
-    serde_json::to_vec(notice).unwrap_or_default()
 }
 
 /// Starts the channel's tasks: the listener and the heartbeat. Both stop when the guards drop.

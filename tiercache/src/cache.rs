@@ -107,7 +107,9 @@ struct Encoded(Vec<u8>);
 
 /// What one look for a key found.
 enum Lookup<T> {
-    Hit(T),
+    /// A value, and whether the tags it carries are all the key's (only then may the tier keep
+    /// it: a ticket noted for the key covers no other tag).
+    Hit(T, bool),
     Miss,
     /// A value whose tags moved since it was loaded: a miss, and the next load replaces it.
     Stale,
@@ -199,7 +201,7 @@ impl Cache {
         let value = Box::pin(async {
             let ticket = self.coherence().note(key);
             match self.look_remote(key, &ticket).await {
-                Ok(Lookup::Hit(v)) => Some(v),
+                Ok(Lookup::Hit(v, _)) => Some(v),
                 _ => None,
             }
         })
@@ -232,9 +234,8 @@ impl Cache {
             return Ok(Lookup::Miss);
         };
         let found = self.open::<T>(key, &bytes, &read.tag_versions).await?;
-        if let Lookup::Hit(v) = &found
+        if let Lookup::Hit(v, true) = &found
             && let Some(ttl) = read.ttl
-            && carries_only_keys_tags(key, &bytes)
         {
             // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
             c.tier_fill(key, ticket, Arc::new(v.clone()), bytes.len(), ttl);
@@ -281,8 +282,12 @@ impl Cache {
         {
             return Ok(Lookup::Stale);
         }
+        let keys_tags_only = sealed
+            .tags
+            .iter()
+            .all(|(tag, _)| key.tags().iter().any(|t| t.as_str() == *tag));
         match sealed.decode() {
-            Ok(v) => Ok(Lookup::Hit(v)),
+            Ok(v) => Ok(Lookup::Hit(v, keys_tags_only)),
             Err(e) => Ok(self.discard(key, &e).await),
         }
     }
@@ -351,24 +356,14 @@ impl Cache {
             } else {
                 key.tags()
                     .iter()
-                    .map(|t| {
-                        let v = versions.get(t)?;
-                        Some((t.as_str(), std::str::from_utf8(v).unwrap_or("")))
-                    })
-                    .collect::<Option<Vec<(&str, &str)>>>()
+                    .map(|t| Some(versions.get(t)?.as_slice()))
+                    .collect::<Option<Vec<&[u8]>>>()
             };
-            let Some(tags) = tags else {
-                // The versions could not be noted (Redis away): nothing can vouch for them.
+            // Without the versions (Redis away) nothing can vouch for the tags.
+            let Some(bytes) = tags.and_then(|tags| self.encode(key, *value, &tags)) else {
                 break;
             };
-            match self.inner.envelope.encode_tagged(*value, &tags) {
-                Ok(bytes) => encoded.push((key, bytes, *ttl)),
-                Err(e) => {
-                    self.inner.counters.error();
-                    tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
-                    break;
-                }
-            }
+            encoded.push((key, bytes, *ttl));
         }
         let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
         if encoded.len() < entries.len() {
@@ -417,14 +412,11 @@ impl Cache {
             } else {
                 None
             };
-            if found.is_none() {
-                remote_names.push(key.as_str());
+            match found {
+                Some(_) => self.inner.counters.local_hit(key.category()),
+                None => remote_names.push(key.as_str()),
             }
             out.push(found);
-        }
-        let local: Vec<bool> = out.iter().map(Option::is_some).collect();
-        for (key, _) in keys.iter().zip(&local).filter(|(_, l)| **l) {
-            self.inner.counters.local_hit(key.category());
         }
         let raw = if self.enabled() && !c.is_standalone() {
             c.remote.mget(&remote_names).await.ok()
@@ -434,12 +426,13 @@ impl Cache {
         let mut raw = raw
             .unwrap_or_else(|| vec![None; remote_names.len()])
             .into_iter();
-        for ((key, slot), local) in keys.iter().zip(out.iter_mut()).zip(local) {
-            if local {
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            // Filled so far: from the tier (counted above); the others are Redis's, in order.
+            if slot.is_some() {
                 continue;
             }
             if let Some(Some(bytes)) = raw.next()
-                && let Ok(Lookup::Hit(v)) = self.open::<T>(key, &bytes, &[]).await
+                && let Ok(Lookup::Hit(v, _)) = self.open::<T>(key, &bytes, &[]).await
             {
                 *slot = Some(v);
             }
@@ -561,7 +554,7 @@ impl Cache {
         // Once a Redis call of this lookup has failed, the rest are skipped: a hung Redis costs
         // the caller at most one operation timeout on top of the loader.
         let (reachable, take) = match self.look_remote(key, &ticket).await {
-            Ok(Lookup::Hit(v)) => {
+            Ok(Lookup::Hit(v, _)) => {
                 self.count_read(key, true);
                 return Ok((v, CacheStatus::Hit));
             }
@@ -601,8 +594,8 @@ impl Cache {
         // Noted again now: only changes from here on can make our value stale.
         let ticket = c.note(key);
         let ttl = self.inner.ttl.ttl(key.category());
-        // Whether the value may be shared with every waiter however late it joined: only when
-        // Redis is away (no instance's change can be seen then) or it will be stored.
+        // Bypass when Redis is away: the value is then shared with waiters that joined within
+        // one lease of the load's start (see the end of this function).
         let mut status = CacheStatus::Miss;
         let mut guard = LeaseGuard {
             coherence: c,
@@ -623,7 +616,7 @@ impl Cache {
                         break;
                     }
                     Ok(Leasing::Found(bytes)) => match self.open::<T>(key, &bytes, &[]).await {
-                        Ok(Lookup::Hit(v)) => return Ok((v, CacheStatus::Miss)),
+                        Ok(Lookup::Hit(v, _)) => return Ok((v, CacheStatus::Miss)),
                         Ok(Lookup::Stale) => take = Take::Replacing,
                         Ok(Lookup::Miss) => take = Take::IfEmpty,
                         Err(_) => break,
@@ -679,23 +672,38 @@ impl Cache {
         if lease.is_none() && !c.is_standalone() || !self.tags_fit(key) {
             return false;
         }
-        let versions = lease.map(|l| l.tag_versions.as_slice()).unwrap_or(&[]);
-        let tags: Vec<(&str, &str)> = key
-            .tags()
-            .iter()
-            .zip(versions)
-            .map(|(t, v)| (t.as_str(), std::str::from_utf8(v).unwrap_or("")))
-            .collect();
-        let bytes = match self.inner.envelope.encode_tagged(value, &tags) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.inner.counters.error();
-                tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
-                return false;
-            }
+        let versions: Vec<&[u8]> = lease
+            .map(|l| l.tag_versions.iter().map(Vec::as_slice).collect())
+            .unwrap_or_default();
+        let Some(bytes) = self.encode(key, value, &versions) else {
+            return false;
         };
         let decoded: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
         c.fill(key, ticket, lease, &bytes, ttl, decoded).await
+    }
+
+    /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone);
+    /// `None`, logged and counted, if it cannot be.
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        key: &Key,
+        value: &T,
+        versions: &[&[u8]],
+    ) -> Option<Vec<u8>> {
+        let tags: Vec<(&str, &[u8])> = key
+            .tags()
+            .iter()
+            .map(Tag::as_str)
+            .zip(versions.iter().copied())
+            .collect();
+        match self.inner.envelope.encode_tagged(value, &tags) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.inner.counters.error();
+                tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
+                None
+            }
+        }
     }
 
     /// Whether `key`'s tags fit in an entry; if not, says so (a value is then never stored).
@@ -967,18 +975,6 @@ impl Cache {
             channel_losses,
         })
     }
-}
-
-/// Whether every tag the stored value carries is one of `key`'s: only then does a ticket noted
-/// for `key` cover the value's tags, so that an invalidation of any of them reaches its entry in
-/// the tier. (A value read through a key that does not name its tags stays out of the tier.)
-fn carries_only_keys_tags(key: &Key, bytes: &[u8]) -> bool {
-    Sealed::open(bytes).is_ok_and(|sealed| {
-        sealed
-            .tags
-            .iter()
-            .all(|(tag, _)| key.tags().iter().any(|t| t.as_str() == *tag))
-    })
 }
 
 /// Logs a change that will be replayed later. While the breaker is open the outage has been

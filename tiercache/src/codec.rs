@@ -125,7 +125,7 @@ impl Envelope {
     pub(crate) fn encode_tagged<T: Serialize + ?Sized>(
         &self,
         value: &T,
-        tags: &[(&str, &str)],
+        tags: &[(&str, &[u8])],
     ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         let version = if tags.is_empty() {
@@ -146,7 +146,7 @@ impl Envelope {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(tag.as_bytes());
                 out.push(vlen);
-                out.extend_from_slice(tag_version.as_bytes());
+                out.extend_from_slice(tag_version);
             }
         }
         let start = out.len();
@@ -313,7 +313,7 @@ mod tests {
         let env = Envelope::new(Codec::Postcard, 8);
         let big = vec!["same text again".to_string(); 20];
         let bytes = env
-            .encode_tagged(&big, &[("image:{a}", "00ff"), ("t:{}", "")])
+            .encode_tagged(&big, &[("image:{a}", &b"00ff"[..]), ("t:{}", &b""[..])])
             .unwrap();
         assert_eq!(bytes[0], 2);
         assert_eq!(bytes[2], COMPRESSION_LZ4);

@@ -474,14 +474,10 @@ impl Coherence {
     /// one round trip. `take` says whether a value found there may be replaced (it is stale).
     pub(crate) async fn lease(&self, key: &Key, ttl: Duration, take: Take) -> Result<Leasing> {
         let token = lease_token();
-        let tag_keys = self.tag_keys(key);
-        let fresh: Vec<String> = tag_keys.iter().map(|_| version_token()).collect();
         let life = ttl.saturating_add(self.max_load_time);
-        let notes: Vec<TagNote<'_>> = tag_keys
-            .iter()
-            .zip(&fresh)
-            .map(|(key, fresh)| TagNote { key, fresh, life })
-            .collect();
+        let tags: Vec<(&Tag, Duration)> = key.tags().iter().map(|t| (t, life)).collect();
+        let (tag_keys, fresh) = self.tag_notes(&tags);
+        let notes = notes(&tag_keys, &fresh, &tags);
         let (leased, tag_versions) = self
             .remote
             .lease(key.as_str(), &token, self.max_load_time, take, &notes)
@@ -546,7 +542,6 @@ impl Coherence {
     /// Stores a loaded value: in Redis if `lease` is still held there and the tags noted with
     /// it have not moved, then in the tier if `ticket` is still current. Standalone, the tier
     /// is the store. Returns whether the value was stored.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fill(
         &self,
         key: &Key,
@@ -620,20 +615,19 @@ impl Coherence {
             return Ok(HashMap::new());
         }
         let tags: Vec<(&'k Tag, Duration)> = lives.into_iter().collect();
-        let tag_keys: Vec<String> = tags.iter().map(|(t, _)| self.keys.tag_key(t)).collect();
-        let fresh: Vec<String> = tags.iter().map(|_| version_token()).collect();
-        let notes: Vec<TagNote<'_>> = tag_keys
-            .iter()
-            .zip(&fresh)
-            .zip(&tags)
-            .map(|((key, fresh), (_, life))| TagNote {
-                key,
-                fresh,
-                life: *life,
-            })
-            .collect();
-        let versions = self.remote.note_tags(&notes).await?;
+        let (tag_keys, fresh) = self.tag_notes(&tags);
+        let versions = self
+            .remote
+            .note_tags(&notes(&tag_keys, &fresh, &tags))
+            .await?;
         Ok(tags.into_iter().map(|(t, _)| t).zip(versions).collect())
+    }
+
+    /// For noting `tags`: their Redis keys, and a fresh version for each in case it has none.
+    fn tag_notes(&self, tags: &[(&Tag, Duration)]) -> (Vec<String>, Vec<String>) {
+        tags.iter()
+            .map(|(t, _)| (self.keys.tag_key(t), version_token()))
+            .unzip()
     }
 
     /// Invalidates in this process: moves the versions that `change` concerns and invalidates
@@ -806,7 +800,8 @@ impl Coherence {
         }
     }
 
-    /// A notice that cannot be read: whatever it said is unknown, so the tier goes.
+    /// Drops the whole tier (a new session): after an unreadable notice (whatever it said is
+    /// unknown), a lapsed lease or a lost channel.
     pub(crate) fn invalidate_tier(&self) {
         self.invalidate_here(&Change::Invalidate(Target::Clear));
     }
@@ -823,12 +818,7 @@ impl Coherence {
         let heard = self.lease.heard.load(SeqCst);
         // Lapsed, or may have (the clock may trail real time by its lag).
         if heard == 0 || !self.lease.is_live_at(self.lease.now()) {
-            self.versions.moving(|v| {
-                v.session.fetch_add(1, SeqCst);
-            });
-            if let Some(local) = &self.local {
-                local.invalidate_all();
-            }
+            self.invalidate_tier();
             if heard != 0 {
                 self.lapses.fetch_add(1, SeqCst);
                 tracing::debug!("the in-process tier's lease lapsed; dropped it");
@@ -875,12 +865,7 @@ impl Coherence {
     /// The channel is lost (or was never up): the tier stops serving and is dropped.
     pub(crate) fn lost(&self, counted: bool) {
         self.lease.heard.store(0, SeqCst);
-        self.versions.moving(|v| {
-            v.session.fetch_add(1, SeqCst);
-        });
-        if let Some(local) = &self.local {
-            local.invalidate_all();
-        }
+        self.invalidate_tier();
         if counted {
             self.channel_losses.fetch_add(1, SeqCst);
         }
@@ -903,6 +888,24 @@ impl Coherence {
     pub(crate) fn keys(&self) -> &KeySpace {
         &self.keys
     }
+}
+
+/// What [`Remote::lease`] and [`Remote::note_tags`] take: each tag's key, its fresh version
+/// and how long it must live.
+fn notes<'a>(
+    keys: &'a [String],
+    fresh: &'a [String],
+    tags: &[(&Tag, Duration)],
+) -> Vec<TagNote<'a>> {
+    keys.iter()
+        .zip(fresh)
+        .zip(tags)
+        .map(|((key, fresh), (_, life))| TagNote {
+            key,
+            fresh,
+            life: *life,
+        })
+        .collect()
 }
 
 /// A fresh lease: byte 0 (never the first byte of a value) and a random token.

@@ -147,25 +147,25 @@ async fn apply(
             .iter()
             .map(|t| format!("{tag_prefix}{}", t.as_str()))
             .collect();
-        let payload = channel.replay_notice(&[], &[], chunk, false);
+        let payload = channel.notice_of(&[], &[], chunk, false);
         remote
             .invalidate_tags(&keys, Some(channel.shared_notice(&payload)), via)
             .await?;
     }
     if batch.clear {
-        let payload = channel.replay_notice(&[], &[], &[], true);
+        let payload = channel.notice_of(&[], &[], &[], true);
         let notice = Some(channel.shared_notice(&payload));
         return Ok(removed + remote.invalidate_matching(namespace, notice, via).await?);
     }
     let keys: Vec<&str> = batch.keys.iter().map(String::as_str).collect();
     for chunk in keys.chunks(500) {
-        let payload = channel.replay_notice(chunk, &[], &[], false);
+        let payload = channel.notice_of(chunk, &[], &[], false);
         removed += remote
             .invalidate_keys(chunk, Some(channel.shared_notice(&payload)), via)
             .await?;
     }
     for p in &batch.patterns {
-        let payload = channel.replay_notice(&[], &[p], &[], false);
+        let payload = channel.notice_of(&[], &[p], &[], false);
         removed += remote
             .invalidate_matching(p, Some(channel.shared_notice(&payload)), via)
             .await?;

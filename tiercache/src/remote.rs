@@ -576,64 +576,49 @@ impl Remote {
         ))
     }
 
-    /// Whether `key` holds a value (a load lease is not one): `GETRANGE key 0 0`, which reads
-    /// one byte whatever the value's size.
-    pub(crate) async fn contains(&self, key: &str) -> Result<bool> {
-        let first: Vec<u8> = self
-            .call("GETRANGE", Via::Breaker, |mut c| async move {
-                redis::cmd("GETRANGE")
+    /// `command key` (`PTTL`, `STRLEN`) with `GETRANGE key 0 0` in one round trip: its reply,
+    /// or `None` if the key holds no value (absent, or a load lease: byte 0 is 0).
+    async fn of_value<T: redis::FromRedisValue>(
+        &self,
+        command: &'static str,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let (first, reply): (Vec<u8>, T) = self
+            .call(command, Via::Breaker, |mut c| async move {
+                redis::pipe()
+                    .cmd("GETRANGE")
                     .arg(key)
                     .arg(0)
                     .arg(0)
+                    .cmd(command)
+                    .arg(key)
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        Ok(first.first().is_some_and(|b| *b != LEASE_BYTE))
+        Ok(first
+            .first()
+            .is_some_and(|b| *b != LEASE_BYTE)
+            .then_some(reply))
+    }
+
+    /// Whether `key` holds a value (a load lease is not one).
+    pub(crate) async fn contains(&self, key: &str) -> Result<bool> {
+        Ok(self.of_value::<u64>("STRLEN", key).await?.is_some())
     }
 
     /// Remaining TTL of the value at `key`; `None` if there is none (absent, a load lease, or
     /// no expiry).
     pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Duration>> {
-        let (first, ms): (Vec<u8>, i64) = self
-            .call("PTTL", Via::Breaker, |mut c| async move {
-                redis::pipe()
-                    .cmd("GETRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(0)
-                    .cmd("PTTL")
-                    .arg(key)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        if first.first().is_none_or(|b| *b == LEASE_BYTE) {
-            return Ok(None);
-        }
-        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+        let ms = self.of_value::<i64>("PTTL", key).await?;
+        Ok(ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis))
     }
 
     /// Size in bytes of the value at `key` (`STRLEN`); 0 if there is none.
     pub(crate) async fn strlen(&self, key: &str) -> Result<u64> {
-        let (first, len): (Vec<u8>, u64) = self
-            .call("STRLEN", Via::Breaker, |mut c| async move {
-                redis::pipe()
-                    .cmd("GETRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(0)
-                    .cmd("STRLEN")
-                    .arg(key)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(if first.first().is_none_or(|b| *b == LEASE_BYTE) {
-            0
-        } else {
-            len
-        })
+        Ok(self.of_value("STRLEN", key).await?.unwrap_or(0))
     }
 
     /// One `SCAN cursor MATCH pattern COUNT n` page.
