@@ -55,6 +55,7 @@ async fn serve(store: Store, cache: Cache) -> String {
         store,
         cache,
         body_limit: 32 << 20,
+        cache_max_body: scan_api::cache_policy::MAX_RESPONSE_BYTES,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

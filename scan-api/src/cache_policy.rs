@@ -1,23 +1,32 @@
-//! What is cached, for how long, with which tags, and which writes invalidate what — in one
-//! table. The categories and TTLs are this service's; tiercache ships none.
+//! What is cached, for how long, and which writes purge what: the categories and TTLs, the tags,
+//! and the route policies, in one place. The categories and TTLs are this service's; tiercache
+//! ships none.
 //!
-//! | endpoint | category (TTL) | key parts | tags |
-//! |---|---|---|---|
-//! | `GET /api/scan-results?image=&limit=&offset=` | scan results (5 min) | `list`, `all` or `image` + name, limit, offset | `scan-lists`, or `image:{name}` with `?image=` |
-//! | `GET /api/scan-results/{id}` | scan results (5 min) | `scan`, id | `scan:{id}` |
-//! | `GET /api/vulnerabilities[/active]?severity=` | vulnerabilities (10 min) | `all` or `active`, the severities (sorted) | `vulnerabilities` |
-//! | `GET /api/images` | image metadata (15 min) | `index` | `images` |
-//! | `GET /api/images/{name}/latest` | image metadata (15 min) | `image`, name, `latest` | `image:{name}` |
-//! | `GET /api/images/{name}/versions` | image metadata (15 min) | `image`, name, `versions` | `image:{name}` |
-//! | `GET /api/insights` | analysis (30 min) | `insights` | `insights` |
+//! Read routes are cached whole (status, headers, JSON body) by tiercache-axum's
+//! `ResponseCacheLayer`, each with the policy below, applied where the route is declared
+//! (`routes/*.rs`). Writes return the tags they changed ([`written`]) and a `PurgeLayer` purges
+//! them: one Redis command however many entries carry them, reaching every instance. The
+//! insights computation is also cached as data, with `#[tiercache::cached]`
+//! (`routes/insights.rs`), for every caller of it.
 //!
-//! A POST or DELETE of scan *N* of image *X* invalidates, after its transaction committed and
-//! before it answers, the tags `scan-lists`, `scan:{N}`, `vulnerabilities`, `image:{X}`, `images`
-//! and `insights`: one Redis command however many entries carry them, reaching every instance.
-//! Other images' entries stay. Tags are built from the raw name by tiercache, so `*`, `?` or `[`
-//! in a name are just characters.
+//! | route | category (TTL) | tags |
+//! |---|---|---|
+//! | `GET /api/scan-results?image=&limit=&offset=` | scan results (5 min) | `scan-lists`, or `image:{name}` with `?image=` |
+//! | `GET /api/scan-results/{id}` | scan results (5 min) | `scan:{id}` |
+//! | `GET /api/vulnerabilities[/active]?severity=` | vulnerabilities (10 min) | `vulnerabilities` |
+//! | `GET /api/images` | image metadata (15 min) | `images` |
+//! | `GET /api/images/{name}/latest`, `/versions` | image metadata (15 min) | `image:{name}` |
+//! | `GET /api/insights` | analysis (30 min) | `insights` |
+//! | (data) the insights computation | insights data (30 min) | `insights` |
 //!
-//! Cached values are the JSON response bodies, so a hit is served without re-encoding.
+//! A POST or DELETE of scan *N* of image *X* purges, after its transaction committed and before
+//! it answers, `scan-lists`, `scan:{N}`, `vulnerabilities`, `image:{X}`, `images` and
+//! `insights`. Other images' entries stay. Tags are built from the raw name by tiercache, so
+//! `*`, `?` or `[` in a name are just characters.
+//!
+//! Keys are the request's path and normalized query and its `Accept-Encoding` (answers are
+//! gzip-compressed inside the cache, once per variant; tiercache-axum's `DefaultCacheKey`).
+//! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, bypass the cache.
 //!
 //! Every instance keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
 //! (`CACHE_LOCAL_CAPACITY`, 0 to turn it off). Its entries live no longer than their Redis copy,
@@ -28,9 +37,14 @@
 
 use std::time::Duration;
 
-use tiercache::{Cache, CacheBuilder, Category, Key, KeySpace, Tag};
+use axum::handler::Handler;
+use axum::http::header::ACCEPT_ENCODING;
+use axum::routing::{MethodRouter, get};
+use tiercache::{Cache, CacheBuilder, Category, Tag};
+use tiercache_axum::response_cache::{CachePolicy, PurgeLayer, ResponseCacheLayer};
+use tower_http::compression::CompressionLayer;
 
-use crate::model::Severity;
+use crate::AppState;
 
 /// Scan lists and single scans.
 pub const SCAN_RESULTS: Category = Category::from_static("scan_results");
@@ -40,17 +54,24 @@ pub const VULNERABILITIES: Category = Category::from_static("vulnerabilities");
 pub const IMAGE_METADATA: Category = Category::from_static("image_metadata");
 /// The insights view (expensive).
 pub const ANALYSIS: Category = Category::from_static("analysis");
+/// The insights computation's result, as data (see `routes::insights`).
+pub const INSIGHTS_DATA: Category = Category::from_static("insights_data");
 
 /// TTL per category.
-pub const TTLS: [(Category, Duration); 4] = [
+pub const TTLS: [(Category, Duration); 5] = [
     (SCAN_RESULTS, Duration::from_secs(5 * 60)),
     (VULNERABILITIES, Duration::from_secs(10 * 60)),
     (IMAGE_METADATA, Duration::from_secs(15 * 60)),
     (ANALYSIS, Duration::from_secs(30 * 60)),
+    (INSIGHTS_DATA, Duration::from_secs(30 * 60)),
 ];
 
 /// Default size of the in-process tier, in bytes.
 pub const LOCAL_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// Default largest response body cached, in bytes (`CACHE_MAX_RESPONSE_BYTES`); larger ones
+/// stream through uncached.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Applies the TTL table and the default in-process tier to a cache builder.
 pub fn configure(mut builder: CacheBuilder) -> CacheBuilder {
@@ -60,127 +81,139 @@ pub fn configure(mut builder: CacheBuilder) -> CacheBuilder {
     builder.local_capacity(LOCAL_CAPACITY)
 }
 
-/// A cached GET answer: which cache entry it lives in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entry<'a> {
-    /// A page of scan summaries, of all images or one.
-    ScanList {
-        /// `?image=`.
-        image: Option<&'a str>,
-        /// `?limit=`.
-        limit: i64,
-        /// `?offset=`.
-        offset: i64,
-    },
-    /// One scan with its findings.
-    Scan(i64),
-    /// Aggregated vulnerabilities.
-    Vulnerabilities {
-        /// `/active`: latest scan of each image only.
-        latest_only: bool,
-        /// The severity filter, sorted and deduplicated; empty for all.
-        severities: &'a [Severity],
-    },
-    /// Every image with its latest scan.
-    ImageIndex,
-    /// One image's latest scan.
-    ImageLatest(&'a str),
-    /// One image's scanned versions.
-    ImageVersions(&'a str),
-    /// The insights view.
-    Insights,
-}
+/// The tags, built from untrusted text by tiercache.
+pub mod tags {
+    use tiercache::Tag;
 
-/// Every scan list.
-fn scan_lists() -> Tag {
-    Tag::new("scan-lists", Vec::<&str>::new())
-}
+    /// Every page of every scan list.
+    pub fn scan_lists() -> Tag {
+        Tag::new("scan-lists", Vec::<&str>::new())
+    }
 
-/// One scan.
-fn scan(id: i64) -> Tag {
-    Tag::new("scan", [id.to_string()])
-}
+    /// One scan.
+    pub fn scan(id: i64) -> Tag {
+        Tag::new("scan", [id.to_string()])
+    }
 
-/// Everything about one image.
-fn image(name: &str) -> Tag {
-    Tag::new("image", [name])
-}
+    /// Everything about one image.
+    pub fn image(name: &str) -> Tag {
+        Tag::new("image", [name])
+    }
 
-fn whole(kind: &str) -> Tag {
-    Tag::new(kind, Vec::<&str>::new())
-}
+    /// The vulnerability lists.
+    pub fn vulnerabilities() -> Tag {
+        Tag::new("vulnerabilities", Vec::<&str>::new())
+    }
 
-impl Entry<'_> {
-    /// The entry's key, with its tags.
-    pub fn key(&self, keys: &KeySpace) -> Key {
-        match self {
-            Self::ScanList {
-                image: name,
-                limit,
-                offset,
-            } => {
-                let (l, o) = (limit.to_string(), offset.to_string());
-                match name {
-                    Some(name) => keys
-                        .key(&SCAN_RESULTS, ["list", "image", name, &l, &o])
-                        .with_tags([image(name)]),
-                    None => keys
-                        .key(&SCAN_RESULTS, ["list", "all", &l, &o])
-                        .with_tags([scan_lists()]),
-                }
-            }
-            Self::Scan(id) => keys
-                .key(&SCAN_RESULTS, ["scan", &id.to_string()])
-                .with_tags([scan(*id)]),
-            Self::Vulnerabilities {
-                latest_only,
-                severities,
-            } => {
-                let scope = if *latest_only { "active" } else { "all" };
-                let filter: Vec<&str> = severities.iter().map(|s| s.as_str()).collect();
-                keys.key(&VULNERABILITIES, [scope, &filter.join(",")])
-                    .with_tags([whole("vulnerabilities")])
-            }
-            Self::ImageIndex => keys
-                .key(&IMAGE_METADATA, ["index"])
-                .with_tags([whole("images")]),
-            Self::ImageLatest(name) => keys
-                .key(&IMAGE_METADATA, ["image", name, "latest"])
-                .with_tags([image(name)]),
-            Self::ImageVersions(name) => keys
-                .key(&IMAGE_METADATA, ["image", name, "versions"])
-                .with_tags([image(name)]),
-            Self::Insights => keys
-                .key(&ANALYSIS, ["insights"])
-                .with_tags([whole("insights")]),
-        }
+    /// The image index.
+    pub fn images() -> Tag {
+        Tag::new("images", Vec::<&str>::new())
+    }
+
+    /// The insights, as response and as data.
+    pub fn insights() -> Tag {
+        Tag::new("insights", Vec::<&str>::new())
     }
 }
 
 /// The tags a stored or deleted scan `scan_id` of `image` makes stale (see the module table).
-pub fn tags_changed_by_write(image_name: &str, scan_id: i64) -> Vec<Tag> {
+pub fn written(image: &str, scan_id: i64) -> Vec<Tag> {
     vec![
-        scan_lists(),
-        scan(scan_id),
-        whole("vulnerabilities"),
-        image(image_name),
-        whole("images"),
-        whole("insights"),
+        tags::scan_lists(),
+        tags::scan(scan_id),
+        tags::vulnerabilities(),
+        tags::image(image),
+        tags::images(),
+        tags::insights(),
     ]
 }
 
-/// Invalidates everything a stored or deleted scan of `image` changes, and logs it. Never
-/// fails: an invalidation Redis misses is replayed before the cache is read again (tiercache's
-/// guarantee).
-pub async fn invalidate_after_write(cache: &Cache, image: &str, scan_id: i64) {
-    let tags = tags_changed_by_write(image, scan_id);
-    cache.invalidate_tags(&tags).await;
-    tracing::info!(
-        image,
-        scan_id,
-        tags = ?tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
-        "cache invalidated after write"
-    );
+/// The route policies of the table above. Each route applies its own with [`Policies::layer`].
+#[derive(Clone, Debug)]
+pub struct Policies {
+    cache: Cache,
+    max_body: usize,
+}
+
+impl Policies {
+    /// Policies caching in `cache`, storing bodies of up to `max_body` bytes.
+    pub fn new(cache: Cache, max_body: usize) -> Self {
+        Self { cache, max_body }
+    }
+
+    /// A cached read route: `handler` for GET (and HEAD), its answers gzip-compressed for
+    /// clients that accept it, cached by `policy`. Compression sits inside the cache, so each
+    /// encoding's variant is compressed once and kept apart (`Vary: accept-encoding`, declared
+    /// here so that the first answer is stored already).
+    pub fn get<H, T>(&self, handler: H, policy: CachePolicy) -> MethodRouter<AppState>
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        get(handler)
+            .layer(CompressionLayer::new().gzip(true))
+            .layer(self.layer(policy))
+    }
+
+    /// The layer that caches a route by `policy`.
+    pub fn layer(&self, policy: CachePolicy) -> ResponseCacheLayer {
+        ResponseCacheLayer::new(
+            self.cache.clone(),
+            policy.vary([ACCEPT_ENCODING]).max_body(self.max_body),
+        )
+    }
+
+    /// The layer that purges what a write route's handler returned as changed.
+    pub fn purge(&self) -> PurgeLayer {
+        PurgeLayer::new(self.cache.clone())
+    }
+
+    /// `GET /api/scan-results`: one image's lists carry its tag, the others `scan-lists`.
+    pub fn scan_list() -> CachePolicy {
+        CachePolicy::new(SCAN_RESULTS).tags_from(|req| {
+            vec![match req.query("image") {
+                Some(name) => tags::image(&name),
+                None => tags::scan_lists(),
+            }]
+        })
+    }
+
+    /// `GET /api/scan-results/{id}`.
+    pub fn scan() -> CachePolicy {
+        CachePolicy::new(SCAN_RESULTS).tags_from(|req| {
+            req.path_param("id")
+                .and_then(|id| id.parse::<i64>().ok())
+                .map(tags::scan)
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// `GET /api/vulnerabilities` and `/active`.
+    pub fn vulnerabilities() -> CachePolicy {
+        CachePolicy::new(VULNERABILITIES).tag(tags::vulnerabilities())
+    }
+
+    /// `GET /api/images`.
+    pub fn image_index() -> CachePolicy {
+        CachePolicy::new(IMAGE_METADATA).tag(tags::images())
+    }
+
+    /// `GET /api/images/{name}/latest` and `/versions` (one wildcard route, `{*rest}`).
+    pub fn image() -> CachePolicy {
+        CachePolicy::new(IMAGE_METADATA).tags_from(|req| {
+            req.path_param("rest")
+                .and_then(|rest| rest.rsplit_once('/'))
+                .map(|(name, _)| tags::image(name))
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// `GET /api/insights`.
+    pub fn insights() -> CachePolicy {
+        CachePolicy::new(ANALYSIS).tag(tags::insights())
+    }
 }
 
 #[cfg(test)]
@@ -188,66 +221,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_reaches_exactly_the_entries_it_changes() {
-        let keys = KeySpace::new("test", "scan-api").unwrap();
-        let changed = tags_changed_by_write("a*", 7);
-        let hit = |entry: Entry<'_>| entry.key(&keys).tags().iter().any(|t| changed.contains(t));
-        assert!(hit(Entry::ImageLatest("a*")));
-        assert!(hit(Entry::ImageVersions("a*")));
-        assert!(hit(Entry::Scan(7)));
-        assert!(hit(Entry::ImageIndex));
-        assert!(hit(Entry::Insights));
-        assert!(hit(Entry::ScanList {
-            image: None,
-            limit: 10,
-            offset: 0
-        }));
-        assert!(hit(Entry::ScanList {
-            image: Some("a*"),
-            limit: 10,
-            offset: 0
-        }));
-        assert!(hit(Entry::Vulnerabilities {
-            latest_only: true,
-            severities: &[]
-        }));
+    fn a_write_names_its_image_and_scan_only() {
+        let changed = written("a*", 7);
+        assert!(changed.contains(&tags::image("a*")));
+        assert!(changed.contains(&tags::scan(7)));
+        for tag in [
+            tags::scan_lists(),
+            tags::vulnerabilities(),
+            tags::images(),
+            tags::insights(),
+        ] {
+            assert!(changed.contains(&tag), "{tag:?}");
+        }
         // Another image's entries, and other scans, stay: `*` in a name is just a character.
-        assert!(!hit(Entry::ImageLatest("ab")));
-        assert!(!hit(Entry::ImageLatest("a")));
-        assert!(!hit(Entry::Scan(8)));
-        assert!(!hit(Entry::ScanList {
-            image: Some("other"),
-            limit: 10,
-            offset: 0
-        }));
-    }
-
-    #[test]
-    fn keys_are_distinct_per_query() {
-        let keys = KeySpace::new("test", "scan-api").unwrap();
-        let all = Entry::ScanList {
-            image: None,
-            limit: 10,
-            offset: 0,
-        }
-        .key(&keys);
-        let img = Entry::ScanList {
-            image: Some("all"),
-            limit: 10,
-            offset: 0,
-        }
-        .key(&keys);
-        assert_ne!(all, img);
-        let crit = Entry::Vulnerabilities {
-            latest_only: false,
-            severities: &[Severity::Critical],
-        }
-        .key(&keys);
-        let active = Entry::Vulnerabilities {
-            latest_only: true,
-            severities: &[Severity::Critical],
-        }
-        .key(&keys);
-        assert_ne!(crit, active);
+        assert!(!changed.contains(&tags::image("ab")));
+        assert!(!changed.contains(&tags::image("a")));
+        assert!(!changed.contains(&tags::scan(8)));
     }
 }

@@ -121,6 +121,9 @@ pub struct Serve {
     /// Largest accepted request body in bytes (Trivy reports of big images exceed 10 MB).
     #[arg(long, env = "BODY_LIMIT", default_value_t = 32 * 1024 * 1024)]
     pub body_limit: usize,
+    /// Largest response body cached, in bytes; larger responses stream through uncached.
+    #[arg(long, env = "CACHE_MAX_RESPONSE_BYTES", default_value_t = crate::cache_policy::MAX_RESPONSE_BYTES)]
+    pub cache_max_body: usize,
 }
 
 impl Serve {

@@ -1,9 +1,10 @@
 //! scan-api: the reference backend for Trivy container-scan results, cached with tiercache.
 //!
 //! It stores Trivy JSON reports in PostgreSQL or an embedded SQLite file and serves scan
-//! results, vulnerability lists, image metadata and an expensive insights view. Every read is
-//! cached through [`tiercache`]; every write invalidates what it changed before it answers, so
-//! no endpoint serves data older than an acknowledged write.
+//! results, vulnerability lists, image metadata and an expensive insights view. Every read
+//! route's responses are cached by tiercache-axum's response-cache layer, and the insights
+//! computation with `#[tiercache::cached]`; every write purges the tags of what it changed
+//! before it answers, so no endpoint serves data older than an acknowledged write.
 //!
 //! The cache runs in one of three modes ([`tiercache::Mode`], chosen by `cache_setup` and
 //! reported by `/health` and `/api/cache/health`):
@@ -19,7 +20,8 @@
 //! - `error`: [`error::AppError`] and its HTTP mapping.
 //! - `model`: domain types; `trivy`: report parsing and validation; `synth`: synthetic reports.
 //! - `store`: the database layer (sqlx), the source of truth.
-//! - `cache_policy`: TTLs and which writes invalidate what, in one table.
+//! - `cache_policy`: categories, TTLs, tags and route policies, and which writes purge what, in
+//!   one table.
 //! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
 
 pub mod cache_policy;
@@ -39,7 +41,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tiercache::Cache;
@@ -59,17 +61,20 @@ pub struct AppState {
     pub cache: Cache,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Largest response body cached, in bytes; larger ones stream through uncached.
+    pub cache_max_body: usize,
 }
 
 /// The whole HTTP API: the resources, the cache admin routes, JSON errors everywhere.
 pub fn app(state: AppState, admin_token: Option<String>) -> Router {
     let admin = admin::Admin::new(state.cache.clone(), admin_token);
     let limit = state.body_limit;
+    let policies = cache_policy::Policies::new(state.cache.clone(), state.cache_max_body);
     Router::new()
-        .merge(routes::scans::router())
-        .merge(routes::vulnerabilities::router())
-        .merge(routes::images::router())
-        .merge(routes::insights::router())
+        .merge(routes::scans::router(&policies))
+        .merge(routes::vulnerabilities::router(&policies))
+        .merge(routes::images::router(&policies))
+        .merge(routes::insights::router(&policies))
         .merge(routes::health::router())
         .merge(admin::router(admin))
         .fallback(|| async { AppError::NotFound("no such route".into()) })
@@ -93,7 +98,9 @@ async fn json_errors(response: Response) -> Response {
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    // A compressed body cannot be read as text here (the client asked for gzip): left as it is.
+    let compressed = response.headers().contains_key(CONTENT_ENCODING);
+    if !(status.is_client_error() || status.is_server_error()) || is_json || compressed {
         return response;
     }
     let (mut parts, body) = response.into_parts();

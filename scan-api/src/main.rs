@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 store: store.clone(),
                 cache,
                 body_limit: serve.body_limit,
+                cache_max_body: serve.cache_max_body,
             };
             scan_api::run(
                 listener,

@@ -1,4 +1,11 @@
-//! axum integration for [`tiercache`]: the cache's operational HTTP routes.
+//! axum integration for [`tiercache`]: response caching for routes, and the cache's operational
+//! HTTP routes.
+//!
+//! [`response_cache::ResponseCacheLayer`] caches a route's GET and HEAD answers by a policy
+//! declared beside the route (TTL, tags, `Vary`, per-user keys, cached 404s, a body limit), with
+//! strong `ETag`s, `304 Not Modified`, `Age` and `X-Cache`; [`response_cache::PurgeLayer`] purges
+//! tags after a write route succeeds, with the same tag invalidation as the data cache's. See
+//! [`response_cache`] for the rules and an example.
 //!
 //! [`admin::router`] serves statistics and health to monitoring, and clearing and key
 //! inspection to operators holding the admin token. It returns a `Router<S>` for any state `S`,
@@ -18,11 +25,13 @@
 //! ```
 //!
 //! # Layout
+//! - `response_cache`: the response-cache and purge layers, laid out as tower-http lays out a
+//!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
 //!   errors.
 //!
 //! # Feature flags
 //! None. axum is used with `default-features = false` and only the features the routes need.
-//! The response-caching tower layer will arrive here too.
 
 pub mod admin;
+pub mod response_cache;

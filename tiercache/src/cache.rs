@@ -9,7 +9,6 @@
 //! encode and decode. *Whether* a value may be served or stored, and how a change reaches every
 //! copy, is decided in one place, `coherence`.
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use crate::codec::{Envelope, LEASE_BYTE, Sealed};
 use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
 use crate::error::{Error, Result};
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
+use crate::local::Value;
 use crate::probe::TaskGuard;
 use crate::remote::{Take, Via};
 use crate::stats::{Counters, LocalStats, Stats};
@@ -102,8 +102,9 @@ pub(crate) struct Inner {
     pub(crate) _tasks: Vec<TaskGuard>,
 }
 
-/// A value written with `insert` into a standalone tier, kept encoded.
-struct Encoded(Vec<u8>);
+/// A value written with `insert` into a standalone tier, kept encoded (shared: a hit clones it).
+#[derive(Clone)]
+struct Encoded(Arc<[u8]>);
 
 /// What one look for a key found.
 enum Lookup<T> {
@@ -238,7 +239,7 @@ impl Cache {
             && let Some(ttl) = read.ttl
         {
             // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
-            c.tier_fill(key, ticket, Arc::new(v.clone()), bytes.len(), ttl);
+            c.tier_fill(key, ticket, Box::new(v.clone()), bytes.len(), ttl);
         }
         Ok(found)
     }
@@ -249,15 +250,14 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let any = self.coherence().tier_get(key)?;
-        let value = match any.downcast_ref::<T>() {
-            Some(v) => v.clone(),
-            None => {
-                let Encoded(bytes) = any.downcast_ref::<Encoded>()?;
-                self.inner.envelope.decode::<T>(bytes).ok()?
+        // The tier's own clone of the value (see `local`): moved out, not cloned again.
+        match self.coherence().tier_get(key)?.into_any().downcast::<T>() {
+            Ok(value) => Some(*value),
+            Err(other) => {
+                let Encoded(bytes) = other.downcast_ref::<Encoded>()?;
+                self.inner.envelope.decode::<T>(bytes).ok()
             }
-        };
-        Some(value)
+        }
     }
 
     /// Turns bytes read from Redis into a value: a lease is a miss, a value whose tags moved is
@@ -304,10 +304,10 @@ impl Cache {
         Lookup::Miss
     }
 
-    /// Stores `value` under `key` with its category's TTL (with jitter), in one `SET ... PX`.
+    /// Stores `value` under `key` with its TTL (its own, or its category's; with jitter), in one `SET ... PX`.
     /// Failures are logged and counted, never returned.
     pub async fn insert<T: Serialize + ?Sized>(&self, key: &Key, value: &T) {
-        let ttl = self.inner.ttl.ttl(key.category());
+        let ttl = self.inner.ttl.for_key(key);
         self.insert_with_ttl(key, value, ttl).await;
     }
 
@@ -330,7 +330,7 @@ impl Cache {
     pub async fn insert_many<T: Serialize>(&self, entries: &[(Key, T)]) {
         let entries: Vec<(&Key, &T, Duration)> = entries
             .iter()
-            .map(|(k, v)| (k, v, self.inner.ttl.ttl(k.category())))
+            .map(|(k, v)| (k, v, self.inner.ttl.for_key(k)))
             .collect();
         self.write(&entries).await;
     }
@@ -379,7 +379,13 @@ impl Cache {
             for (key, bytes, ttl) in encoded {
                 let ticket = c.note(key);
                 let weight = bytes.len();
-                if c.tier_fill(key, &ticket, Arc::new(Encoded(bytes)), weight, ttl) {
+                if c.tier_fill(
+                    key,
+                    &ticket,
+                    Box::new(Encoded(Arc::from(bytes))),
+                    weight,
+                    ttl,
+                ) {
                     self.inner.counters.sets(1);
                 }
             }
@@ -593,7 +599,7 @@ impl Cache {
         let c = self.coherence();
         // Noted again now: only changes from here on can make our value stale.
         let ticket = c.note(key);
-        let ttl = self.inner.ttl.ttl(key.category());
+        let ttl = self.inner.ttl.for_key(key);
         // Bypass when Redis is away: the value is then shared with waiters that joined within
         // one lease of the load's start (see the end of this function).
         let mut status = CacheStatus::Miss;
@@ -678,7 +684,7 @@ impl Cache {
         let Some(bytes) = self.encode(key, value, &versions) else {
             return false;
         };
-        let decoded: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
+        let decoded: Box<dyn Value> = Box::new(value.clone());
         c.fill(key, ticket, lease, &bytes, ttl, decoded).await
     }
 

@@ -97,7 +97,6 @@
 //! # Standalone
 //! Without Redis (`Mode::Standalone`) the tier is the cache: always live, changes local only.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -111,7 +110,7 @@ use crate::codec::Sealed;
 use crate::error::Result;
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Key, KeySpace, Pattern, Tag};
-use crate::local::{Entry, Local};
+use crate::local::{Entry, Local, Value};
 use crate::remote::{Leased, Remote, TagNote, Take, Via};
 use crate::stats::Counters;
 
@@ -399,7 +398,7 @@ impl Coherence {
 
     /// The tier's value for `key`, if it may be served: the tier is live, the entry was filled
     /// in the current session, and none of its tags moved since its read began.
-    pub(crate) fn tier_get(&self, key: &Key) -> Option<Arc<dyn Any + Send + Sync>> {
+    pub(crate) fn tier_get(&self, key: &Key) -> Option<Box<dyn Value>> {
         let local = self.local.as_ref()?;
         // One reading of the clock for the lease and the entry's expiry.
         let now = self.lease.now();
@@ -432,7 +431,7 @@ impl Coherence {
         &self,
         key: &Key,
         ticket: &Ticket,
-        value: Arc<dyn Any + Send + Sync>,
+        value: Box<dyn Value>,
         weight: usize,
         ttl: Duration,
     ) -> bool {
@@ -549,7 +548,7 @@ impl Coherence {
         lease: Option<&Lease>,
         bytes: &[u8],
         ttl: Duration,
-        value: Arc<dyn Any + Send + Sync>,
+        value: Box<dyn Value>,
     ) -> bool {
         if self.is_standalone() {
             let stored = self.tier_fill(key, ticket, value, bytes.len(), ttl);
@@ -961,11 +960,11 @@ mod tests {
 
     fn value(c: &Coherence, key: &Key) -> Option<u32> {
         c.tier_get(key)
-            .and_then(|v| v.downcast_ref::<u32>().copied())
+            .and_then(|v| v.into_any().downcast::<u32>().ok().map(|v| *v))
     }
 
     fn fill(c: &Coherence, key: &Key, t: &Ticket, v: u32) -> bool {
-        c.tier_fill(key, t, Arc::new(v), 4, Duration::from_secs(60))
+        c.tier_fill(key, t, Box::new(v), 4, Duration::from_secs(60))
     }
 
     #[tokio::test]
@@ -1027,14 +1026,14 @@ mod tests {
         let c = coherence(Scope::Standalone);
         let key = c.keys().key(&Category::new("c"), ["k"]);
         let t = c.note(&key);
-        assert!(c.tier_fill(&key, &t, Arc::new(1u32), 4, Duration::from_millis(30)));
+        assert!(c.tier_fill(&key, &t, Box::new(1u32), 4, Duration::from_millis(30)));
         assert_eq!(value(&c, &key), Some(1));
         let deadline = Instant::now() + Duration::from_secs(5);
         while value(&c, &key).is_some() {
             assert!(Instant::now() < deadline, "entry did not expire");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(!c.tier_fill(&key, &c.note(&key), Arc::new(2u32), 4, Duration::ZERO));
+        assert!(!c.tier_fill(&key, &c.note(&key), Box::new(2u32), 4, Duration::ZERO));
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -80,6 +81,8 @@ pub struct Key {
     category: Category,
     /// Sorted and deduplicated; at most [`MAX_TAGS`].
     tags: Vec<Tag>,
+    /// A TTL for this key's entries instead of its category's ([`Key::with_ttl`]).
+    ttl: Option<Duration>,
 }
 
 impl Key {
@@ -110,6 +113,20 @@ impl Key {
         self.tags.sort_unstable();
         self.tags.dedup();
         self
+    }
+
+    /// This key with its own TTL: entries stored through it (by `get_with`, `insert`, ...) live
+    /// `ttl` (with the cache's jitter) instead of their category's TTL. For a per-route or
+    /// per-function TTL; it counts under its category all the same. Clamped to 1 ms ..= one
+    /// year.
+    pub fn with_ttl(mut self, ttl: Duration) -> Key {
+        self.ttl = Some(ttl.clamp(Duration::from_millis(1), crate::ttl::MAX_TTL));
+        self
+    }
+
+    /// The TTL set with [`with_ttl`](Self::with_ttl), if any.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
     }
 
     /// Whether an entry may be stored under this key with its tags (at most [`MAX_TAGS`]).
@@ -337,6 +354,7 @@ impl KeySpace {
             full,
             category: category.clone(),
             tags: Vec::new(),
+            ttl: None,
         }
     }
 

@@ -52,15 +52,50 @@
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
 //!   jitter; `codec`: the versioned, optionally compressed value envelope.
 //! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
+//! - `macro_support`: what `#[cached]` expands to, exported hidden as `tiercache::__private`
+//!   (`macros` feature); its module docs define the default key and how errors are returned.
 //!
 //! # Feature flags
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tls` | off | `rediss://` URLs through rustls (ring), with `CacheBuilder::tls_root_certificate` for a private CA and `tls_client_certificate` for mutual TLS |
+//! | `macros` | off | `#[cached]` on async fns (`tiercache::cached`, from the proc-macro crate `tiercache-macros`): the fn's results are cached, keyed by its arguments |
 //!
 //! Redis 7.0 or later is needed. Redis Cluster is not supported yet: the scripts that take and
 //! fill a load's lease touch only the value's key, but a tagged read fetches tag versions
 //! that live in other slots.
+//!
+#![cfg_attr(
+    feature = "macros",
+    doc = r#"
+# Caching a function: `#[cached]`
+With the `macros` feature, [`cached`] turns an `async fn` into a cached one: calls with equal
+arguments run the body once and share its value until the TTL or an invalidation, through
+[`Cache::get_with`] (or [`Cache::try_get_with`] for a `Result`, whose errors are never cached).
+```no_run
+use std::sync::LazyLock;
+use std::time::Duration;
+use tiercache::{Cache, Tag, cached};
+
+static CACHE: LazyLock<Cache> = LazyLock::new(|| todo!("built at start-up"));
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Report { critical: u32 }
+
+/// Keyed by a hash of `image` and `tag`; tagged so that a write can invalidate it.
+#[cached(cache = CACHE, ttl = Duration::from_secs(600), tags = ["image:{image}"])]
+async fn analyse(image: &str, tag: &str) -> Result<Report, std::io::Error> {
+    Ok(Report { critical: 3 })
+}
+
+# async fn demo() -> Result<(), std::io::Error> {
+let report = analyse("nginx", "1.27").await?; // runs the body
+let again = analyse("nginx", "1.27").await?; // served by the cache
+CACHE.invalidate_tag(&Tag::new("image", ["nginx"])).await; // the next call runs it again
+# Ok(()) }
+```
+"#
+)]
 //!
 //! # Modes
 //! [`Mode::Redis`] (the default) shares Redis between instances, with an optional in-process
@@ -99,6 +134,8 @@ mod invalidation;
 mod key;
 mod local;
 mod log_limiter;
+#[cfg(feature = "macros")]
+mod macro_support;
 mod probe;
 mod remote;
 mod stats;
@@ -114,3 +151,14 @@ pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, MAX_TAGS, Pattern, Tag};
 pub use stats::{CategoryStats, LocalStats, Stats};
 pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, MAX_TTL, TtlPolicy};
+
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use tiercache_macros::cached;
+
+/// What `#[cached]` expands to. Not public API: no semver promise (see `macro_support`).
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::macro_support::*;
+}

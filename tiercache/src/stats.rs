@@ -277,7 +277,6 @@ impl Counters {
         self.short_circuits.add(1);
     }
 
-    /// A hit served by the in-process tier (counted as a hit of its category too).
     /// A hit served by the in-process tier (a hit of its category too).
     pub(crate) fn local_hit(&self, category: &Category) {
         let c = self.category(category);

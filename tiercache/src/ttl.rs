@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::key::Category;
+use crate::key::{Category, Key};
 
 /// TTL for categories without one of their own.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -78,6 +78,15 @@ impl TtlPolicy {
     /// A TTL for one write of `category`: the base with jitter applied (never below 1 ms).
     pub fn ttl(&self, category: &Category) -> Duration {
         self.jittered(self.base(category))
+    }
+
+    /// A TTL for one write through `key`: its own TTL ([`Key::with_ttl`]) or its category's,
+    /// with jitter.
+    pub fn for_key(&self, key: &Key) -> Duration {
+        match key.ttl() {
+            Some(own) => self.jittered(own),
+            None => self.ttl(key.category()),
+        }
     }
 
     /// `base` with this policy's jitter applied.

@@ -1,23 +1,38 @@
 //! `/api/insights`: the expensive analysis view (risk per image, most widespread CVEs, severity
-//! totals), cached for 30 minutes and invalidated by every write.
+//! totals), cached twice: the response by the route's layer (30 minutes), and the computation
+//! as data with `#[cached]`, for every caller of it (a request that bypasses the response
+//! cache, such as one with `Authorization`, still reuses it). Every write purges both (tag
+//! `insights`).
 
-use axum::Router;
 use axum::extract::State;
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 
-use super::cached_json;
 use crate::AppState;
-use crate::cache_policy::Entry;
+use crate::cache_policy::Policies;
+use crate::error::AppError;
+use crate::model::Insights;
+use crate::store::StoreError;
 
-/// The routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/insights", get(insights))
+/// The routes of this resource, cached by `policies`.
+pub fn router(policies: &Policies) -> Router<AppState> {
+    Router::new().route(
+        "/api/insights",
+        policies.get(insights, Policies::insights()),
+    )
 }
 
-async fn insights(State(state): State<AppState>) -> Response {
-    cached_json(&state, Entry::Insights, async {
-        Ok(state.store.insights().await?)
-    })
-    .await
+async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
+    Ok(Json(compute(&state).await?).into_response())
+}
+
+/// The insights computation, cached as data under `insights_data:{insights}`.
+#[tiercache::cached(
+    cache = state.cache,
+    category = crate::cache_policy::INSIGHTS_DATA,
+    tags = ["insights"],
+    key = "insights"
+)]
+pub async fn compute(state: &AppState) -> Result<Insights, StoreError> {
+    state.store.insights().await
 }

@@ -1,5 +1,6 @@
-//! The HTTP routes, one file per resource, and what they share: answering from the cache with
-//! an `X-Cache` header, and parsing query parameters into clear 400s.
+//! The HTTP routes, one file per resource, and what they share: parsing query parameters into
+//! clear 400s. Each resource's `router` applies its cache policy (`cache_policy::Policies`)
+//! where it declares its routes; the handlers know nothing of the cache.
 
 pub mod health;
 pub mod images;
@@ -7,73 +8,10 @@ pub mod insights;
 pub mod scans;
 pub mod vulnerabilities;
 
-use std::future::Future;
+pub use tiercache_axum::response_cache::X_CACHE;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use tiercache::Mode;
-
-use crate::AppState;
-use crate::cache_policy::Entry;
 use crate::error::AppError;
 use crate::model::Severity;
-
-/// The header that says whether an answer came from the cache.
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-
-/// Answers from the cache entry, or runs `load`, caches its JSON and answers with it. Concurrent
-/// requests for one entry run `load` once. Errors (a 404, a failing database) are not cached.
-pub(crate) async fn cached_json<T, F>(state: &AppState, entry: Entry<'_>, load: F) -> Response
-where
-    T: Serialize,
-    F: Future<Output = Result<T, AppError>>,
-{
-    let key = entry.key(state.cache.key_space());
-    let result = state
-        .cache
-        .try_get_with_status(&key, async {
-            let value = load.await.inspect_err(|e| {
-                if e.status_code().is_server_error() {
-                    e.log();
-                }
-            })?;
-            serde_json::to_vec(&value)
-                .map(JsonBody)
-                .map_err(|e| AppError::Internal(format!("encoding JSON: {e}")))
-        })
-        .await;
-    match result {
-        Ok((JsonBody(body), status)) => (
-            [
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (X_CACHE, HeaderValue::from_static(status.as_str())),
-            ],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            // Errors are never cached: the request missed, or bypassed a cache that is off or
-            // whose Redis is away. A standalone cache is never away (and never "connected").
-            let status = match state.cache.mode() {
-                Mode::Standalone => "MISS",
-                Mode::Disabled => "BYPASS",
-                _ if state.cache.is_connected() => "MISS",
-                _ => "BYPASS",
-            };
-            let mut response = e.as_ref().into_response();
-            response
-                .headers_mut()
-                .insert(X_CACHE, HeaderValue::from_static(status));
-            response
-        }
-    }
-}
-
-/// A response body as cached: JSON bytes, stored as one byte string.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-struct JsonBody(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// Largest `limit` of list endpoints.
 pub const MAX_LIMIT: i64 = 1000;

@@ -7,21 +7,34 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tiercache_axum::response_cache::Purge;
 
-use super::{cached_json, parse_id, parse_limit, parse_offset};
+use super::{parse_id, parse_limit, parse_offset};
 use crate::AppState;
-use crate::cache_policy::{Entry, invalidate_after_write};
+use crate::cache_policy::{Policies, written};
 use crate::error::AppError;
 use crate::trivy;
 
-/// The routes of this resource.
-pub fn router() -> Router<AppState> {
+/// The routes of this resource: reads cached by `policies`, writes purging what they changed
+/// (their purge layer runs each write in a task of its own, so a client that goes away cannot
+/// stop a committed write's purge).
+pub fn router(policies: &Policies) -> Router<AppState> {
     Router::new()
-        .route("/api/scan-results", get(list).post(create))
-        .route("/api/scan-results/{id}", get(show).delete(delete))
+        .route(
+            "/api/scan-results",
+            policies
+                .get(list, Policies::scan_list())
+                .merge(post(create).layer(policies.purge())),
+        )
+        .route(
+            "/api/scan-results/{id}",
+            policies
+                .get(show, Policies::scan())
+                .merge(delete(remove).layer(policies.purge())),
+        )
 }
 
 async fn create(
@@ -39,17 +52,9 @@ async fn create(
     })?;
     let scan = trivy::parse_report(&body)?;
     let findings = scan.findings.len();
-    // In a task of its own: if the client goes away, the handler future is dropped, but a
-    // committed write must still be followed by its invalidation.
-    let writer = state.clone();
-    let stored = tokio::spawn(async move {
-        let stored = writer.store.insert_scan(&scan).await?;
-        invalidate_after_write(&writer.cache, &stored.image, stored.id).await;
-        Ok::<_, AppError>(stored)
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("write task failed: {e}")))??;
+    let stored = state.store.insert_scan(&scan).await?;
     tracing::info!(id = stored.id, image = %stored.image, findings, "scan stored");
+    let purge = Purge::tags(written(&stored.image, stored.id));
     let mut body = serde_json::to_value(&stored)
         .map_err(|e| AppError::Internal(format!("encoding JSON: {e}")))?;
     if let Some(obj) = body.as_object_mut() {
@@ -58,7 +63,7 @@ async fn create(
             json!(stored.vulnerability_counts.total()),
         );
     }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok((StatusCode::CREATED, purge, Json(body)).into_response())
 }
 
 async fn list(
@@ -68,46 +73,29 @@ async fn list(
     let limit = parse_limit(params.get("limit").map(String::as_str))?;
     let offset = parse_offset(params.get("offset").map(String::as_str))?;
     let image = params.get("image").map(String::as_str);
-    let entry = Entry::ScanList {
-        image,
-        limit,
-        offset,
-    };
-    Ok(cached_json(&state, entry, async {
-        Ok(state.store.list_scans(image, limit, offset).await?)
-    })
-    .await)
+    Ok(Json(state.store.list_scans(image, limit, offset).await?).into_response())
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
-    Ok(cached_json(&state, Entry::Scan(id), async {
-        state
-            .store
-            .get_scan(id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))
-    })
-    .await)
+    let scan = state
+        .store
+        .get_scan(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))?;
+    Ok(Json(scan).into_response())
 }
 
-async fn delete(
+async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
-    // In a task of its own, like `create`: the invalidation must follow the commit.
-    let writer = state.clone();
-    let image = tokio::spawn(async move {
-        let image = writer.store.delete_scan(id).await?;
-        if let Some(image) = &image {
-            invalidate_after_write(&writer.cache, image, id).await;
-        }
-        Ok::<_, AppError>(image)
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("write task failed: {e}")))??
-    .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))?;
+    let image = state
+        .store
+        .delete_scan(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no scan with id {id}")))?;
     tracing::info!(id, image = %image, "scan deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok((StatusCode::NO_CONTENT, Purge::tags(written(&image, id)), ()).into_response())
 }

@@ -3,21 +3,26 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::{Query, State};
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 
-use super::{cached_json, parse_severities};
+use super::parse_severities;
 use crate::AppState;
-use crate::cache_policy::Entry;
+use crate::cache_policy::Policies;
 use crate::error::AppError;
 
-/// The routes of this resource.
-pub fn router() -> Router<AppState> {
+/// The routes of this resource, cached by `policies`.
+pub fn router(policies: &Policies) -> Router<AppState> {
     Router::new()
-        .route("/api/vulnerabilities", get(all))
-        .route("/api/vulnerabilities/active", get(active))
+        .route(
+            "/api/vulnerabilities",
+            policies.get(all, Policies::vulnerabilities()),
+        )
+        .route(
+            "/api/vulnerabilities/active",
+            policies.get(active, Policies::vulnerabilities()),
+        )
 }
 
 async fn all(
@@ -40,15 +45,9 @@ async fn answer(
     latest_only: bool,
 ) -> Result<Response, AppError> {
     let severities = parse_severities(params.get("severity").map(String::as_str))?;
-    let entry = Entry::Vulnerabilities {
-        latest_only,
-        severities: &severities,
-    };
-    Ok(cached_json(&state, entry, async {
-        Ok(state
-            .store
-            .vulnerabilities(&severities, latest_only)
-            .await?)
-    })
-    .await)
+    let found = state
+        .store
+        .vulnerabilities(&severities, latest_only)
+        .await?;
+    Ok(Json(found).into_response())
 }

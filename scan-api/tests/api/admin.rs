@@ -83,7 +83,8 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
     let listed = app.admin(Method::GET, "/api/cache/keys?limit=1000").await;
     assert_eq!(listed.status, 200);
     let keys: Vec<String> = serde_json::from_value(listed.body["keys"].clone()).unwrap();
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    // Four responses, and the insights computation's own entry (cached as data too).
+    assert_eq!(keys.len(), 5, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("test:scan-api:")));
     // A pattern cannot reach outside the namespace.
     for glob in ["*", "../*", "test:other:*", "*unrelated*"] {
@@ -143,7 +144,8 @@ async fn clear_removes_this_namespace_only_and_keys_are_confined() {
 
     let cleared = app.admin(Method::POST, "/api/cache/clear").await;
     assert_eq!(cleared.status, 200);
-    assert_eq!(cleared.body["removed"], 3);
+    // Three responses and the insights computation's data entry (one response key was deleted).
+    assert_eq!(cleared.body["removed"], 4);
     assert_eq!(app.get("/api/cache/stats").await.body["total_keys"], 0);
     assert!(
         other
@@ -189,10 +191,12 @@ async fn standalone_clear_empties_the_tier_and_keys_are_not_listed() {
     for p in paths {
         assert_eq!(app.get(p).await.x_cache.as_deref(), Some("MISS"), "{p}");
     }
-    // The insights entry, by its key (`analysis` category, part `insights`).
-    let key = app
-        .cache
-        .key(&scan_api::cache_policy::ANALYSIS, ["insights"]);
+    // The insights response's entry, by its key (`analysis` category; the response cache's
+    // key parts: method, path, and the `Accept-Encoding` it varies on, none here).
+    let key = app.cache.key(
+        &scan_api::cache_policy::ANALYSIS,
+        ["GET", "/api/insights", "vary:accept-encoding", ""],
+    );
     let deleted = app
         .admin(
             Method::DELETE,

@@ -44,6 +44,8 @@ pub(crate) struct TestEnv {
     pub(crate) db_url: String,
     /// How the apps from [`app`](Self::app) and [`app_with`](Self::app_with) cache.
     pub(crate) mode: Mode,
+    /// Largest response body the apps cache.
+    pub(crate) cache_max_body: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -84,6 +86,7 @@ impl TestEnv {
             redis: RedisServer::start(),
             db_url,
             mode,
+            cache_max_body: cache_policy::MAX_RESPONSE_BYTES,
             _dir: dir,
         }
     }
@@ -133,6 +136,7 @@ impl TestEnv {
             store: store.clone(),
             cache: cache.clone(),
             body_limit,
+            cache_max_body: self.cache_max_body,
         };
         let app = scan_api::app(state, admin_token.map(str::to_owned));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,6 +15,7 @@ mod consistency;
 mod errors;
 mod faults;
 mod fixtures;
+mod http_caching;
 mod latest;
 mod modes;
 mod stats;

@@ -214,7 +214,13 @@ async fn a_tag_invalidation_while_redis_is_away_is_replayed() {
 #[tokio::test]
 async fn a_tag_invalidation_costs_one_command_whatever_it_covers() {
     let server = RedisServer::start();
-    let cache = cache(&server).await;
+    // A generous timeout: on a loaded machine, writing 2,000 entries at once could outlast the
+    // default, and a failed write is followed by invalidations (more UNLINKs) this test counts.
+    let cache = crate::helpers::builder(&server)
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
     let tag = Tag::new("bulk", ["all"]);
     let entries: Vec<(Key, u32)> = (0..2000u32)
         .map(|i| {
