@@ -12,6 +12,7 @@ mod helpers;
 
 mod admin;
 mod consistency;
+mod deploy;
 mod errors;
 mod faults;
 mod fixtures;
