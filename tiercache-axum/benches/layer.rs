@@ -166,12 +166,16 @@ async fn connect(addr: &str) -> hyper::client::conn::http1::SendRequest<Empty<By
     sender
 }
 
-/// `connections` clients, each on its own connection, sending `GET route` back to back for
-/// `secs`; added to `tally`.
+/// `connections` clients, each on its own connection, sending `GET route` for `secs`; added to
+/// `tally`. Without `pace`, each client sends its next request when the last answer is in (a
+/// closed loop); with `pace`, the clients together send that many requests per second at an
+/// even rate (each every `connections / pace` seconds, staggered). Latency is from each
+/// request's send to its last body byte.
 async fn round(
     addr: &Arc<str>,
     route: Route,
     connections: usize,
+    pace: Option<f64>,
     body_len: usize,
     secs: Duration,
     tally: &mut Tally,
@@ -180,71 +184,7 @@ async fn round(
     for _ in 0..connections {
         senders.push(connect(addr).await);
     }
-    let start = Instant::now();
-    let clients: Vec<_> = senders
-        .into_iter()
-        .map(|mut sender| {
-            let addr = addr.clone();
-            tokio::spawn(async move {
-                let (mut errors, mut not_hits) = (0u64, 0u64);
-                let mut latencies = Vec::with_capacity(1 << 14);
-                while start.elapsed() < secs {
-                    let request = hyper::Request::get(route.path())
-                        .header(hyper::header::HOST, &*addr)
-                        .body(Empty::<Bytes>::new())
-                        .unwrap();
-                    let t = Instant::now();
-                    // The connection is ready again once the last answer's end was processed.
-                    let sent = match sender.ready().await {
-                        Ok(()) => sender.send_request(request).await,
-                        Err(e) => Err(e),
-                    };
-                    let ok = match sent {
-                        Ok(r) => {
-                            let ok = r.status() == hyper::StatusCode::OK;
-                            let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
-                            let body = r.into_body().collect().await;
-                            not_hits += u64::from(!hit);
-                            ok && body.is_ok_and(|b| b.to_bytes().len() == body_len)
-                        }
-                        Err(_) => false,
-                    };
-                    latencies.push(t.elapsed().as_nanos() as u64);
-                    errors += u64::from(!ok);
-                }
-                (errors, not_hits, latencies)
-            })
-        })
-        .collect();
-    for client in clients {
-        let (errors, not_hits, mut latencies) = client.await.unwrap();
-        tally.requests += latencies.len() as u64;
-        tally.errors += errors;
-        tally.not_hits += not_hits;
-        tally.latencies_ns.append(&mut latencies);
-    }
-    tally.elapsed += start.elapsed();
-}
-
-/// `connections` clients, each on its own connection, together sending `rate` requests per
-/// second of `GET route` at an even pace (each client every `connections / rate` seconds,
-/// staggered) for `secs`; added to `tally`. Latency is from each request's send to its last
-/// body byte: below the server's capacity, it is what a request costs, not the queue of a
-/// saturated closed loop.
-async fn paced_round(
-    addr: &Arc<str>,
-    route: Route,
-    connections: usize,
-    rate: f64,
-    body_len: usize,
-    secs: Duration,
-    tally: &mut Tally,
-) {
-    let mut senders = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        senders.push(connect(addr).await);
-    }
-    let every = Duration::from_secs_f64(connections as f64 / rate);
+    let every = pace.map(|rate| Duration::from_secs_f64(connections as f64 / rate));
     let start = tokio::time::Instant::now();
     let clients: Vec<_> = senders
         .into_iter()
@@ -253,16 +193,19 @@ async fn paced_round(
             let addr = addr.clone();
             tokio::spawn(async move {
                 let (mut errors, mut not_hits) = (0u64, 0u64);
-                let mut latencies = Vec::with_capacity(1 << 12);
-                let mut next = start + every.mul_f64(c as f64 / connections as f64);
-                while next.duration_since(start) < secs {
-                    tokio::time::sleep_until(next).await;
-                    next += every;
+                let mut latencies = Vec::with_capacity(1 << 14);
+                let mut next = every.map(|e| start + e.mul_f64(c as f64 / connections as f64));
+                while next.unwrap_or_else(tokio::time::Instant::now) - start < secs {
+                    if let (Some(at), Some(e)) = (next.as_mut(), every) {
+                        tokio::time::sleep_until(*at).await;
+                        *at += e;
+                    }
                     let request = hyper::Request::get(route.path())
                         .header(hyper::header::HOST, &*addr)
                         .body(Empty::<Bytes>::new())
                         .unwrap();
                     let t = Instant::now();
+                    // The connection is ready again once the last answer's end was processed.
                     let sent = match sender.ready().await {
                         Ok(()) => sender.send_request(request).await,
                         Err(e) => Err(e),
@@ -426,6 +369,7 @@ async fn run(redis: &RedisServer, secs: Duration) {
                     &addr,
                     Route::ALL[i],
                     connections,
+                    None,
                     json.len(),
                     secs,
                     &mut tallies[i],
@@ -471,11 +415,11 @@ async fn run(redis: &RedisServer, secs: Duration) {
         for r in 0..ROUNDS {
             for k in 0..Route::ALL.len() {
                 let i = (r + k) % Route::ALL.len();
-                paced_round(
+                round(
                     &addr,
                     Route::ALL[i],
                     connections,
-                    rate,
+                    Some(rate),
                     json.len(),
                     secs,
                     &mut tallies[i],
