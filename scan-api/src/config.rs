@@ -124,6 +124,10 @@ pub struct Serve {
     /// Largest response body cached, in bytes; larger responses stream through uncached.
     #[arg(long, env = "CACHE_MAX_RESPONSE_BYTES", default_value_t = crate::cache_policy::MAX_RESPONSE_BYTES)]
     pub cache_max_body: usize,
+    /// Warm the cache in the background once listening (as `scan-api cache warm`); readiness
+    /// does not wait for it.
+    #[arg(long, env = "CACHE_WARM_ON_START", default_value_t = false, action = clap::ArgAction::Set)]
+    pub warm_on_start: bool,
 }
 
 impl Serve {

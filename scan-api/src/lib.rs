@@ -23,6 +23,7 @@
 //! - `cache_policy`: categories, TTLs, tags and route policies, and which writes purge what, in
 //!   one table.
 //! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
+//! - `warm`: pre-loading the common reads (`CACHE_WARM_ON_START`).
 
 pub mod cache_policy;
 pub mod cache_setup;
@@ -34,6 +35,7 @@ pub mod routes;
 pub mod store;
 pub mod synth;
 pub mod trivy;
+pub mod warm;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -39,18 +39,18 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", serve.bind))?;
             tracing::info!(addr = %listener.local_addr()?, "scan-api listening");
+            let mode = cache.mode();
             let state = AppState {
                 store: store.clone(),
                 cache,
                 body_limit: serve.body_limit,
                 cache_max_body: serve.cache_max_body,
             };
-            scan_api::run(
-                listener,
-                scan_api::app(state, serve.admin_token),
-                shutdown_signal(),
-            )
-            .await?;
+            let app = scan_api::app(state, serve.admin_token);
+            if serve.warm_on_start {
+                scan_api::warm::spawn_on_start(app.clone(), mode);
+            }
+            scan_api::run(listener, app, shutdown_signal()).await?;
             store.close().await;
             tracing::info!("scan-api stopped");
         }
