@@ -34,6 +34,8 @@ pub enum Command {
     Seed(Seed),
     /// Store Trivy JSON reports from files.
     Import(Import),
+    /// Inspect, clear and warm the cache: through a running instance (--url) or Redis.
+    Cache(crate::cache_cli::CacheArgs),
 }
 
 /// Database and cache settings.

@@ -23,8 +23,10 @@
 //! - `cache_policy`: categories, TTLs, tags and route policies, and which writes purge what, in
 //!   one table.
 //! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
-//! - `warm`: pre-loading the common reads (`CACHE_WARM_ON_START`).
+//! - `warm`: pre-loading the common reads (`scan-api cache warm`, `CACHE_WARM_ON_START`);
+//!   `cache_cli`: the `scan-api cache` subcommands.
 
+pub mod cache_cli;
 pub mod cache_policy;
 pub mod cache_setup;
 pub mod config;

@@ -5,7 +5,8 @@
 //! `scan-api --help` lists every flag and environment variable.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 use scan_api::cache_setup::{self, Purpose};
 use scan_api::config::{Cli, Command, Serve, redact};
@@ -15,14 +16,29 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Cache(args)) = &cli.command {
+        // Output is the point here: logs go to stderr, errors only unless RUST_LOG says (the
+        // command reports its own failure, once).
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+            .with_writer(std::io::stderr)
+            .init();
+        let redis_url_flag = matches.value_source("redis_url") == Some(ValueSource::CommandLine);
+        if let Err(e) = scan_api::cache_cli::run(args.clone(), &cli.common, redis_url_flag).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let cli = Cli::parse();
     // The cache first: its settings are checked before the database file is created.
     let purpose = match cli.command {
         None | Some(Command::Serve(_)) => Purpose::Serve,
-        Some(Command::Seed(_) | Command::Import(_)) => Purpose::Batch,
+        Some(Command::Seed(_) | Command::Import(_) | Command::Cache(_)) => Purpose::Batch,
     };
     let cache = cache_setup::build_cache(&cli.common, purpose).await?;
     let store = Store::connect(&cli.common.database_url)
@@ -67,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             bar.finish_with_message(format!("stored {n} synthetic reports"));
         }
+        Command::Cache(_) => unreachable!("handled before the cache is built"),
         Command::Import(import) => {
             let bar = progress_bar(import.files.len() as u64);
             let n = ingest::import(&store, &cache, &import.files, &|done, _| {

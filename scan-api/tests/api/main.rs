@@ -11,6 +11,7 @@
 mod helpers;
 
 mod admin;
+mod cli;
 mod consistency;
 mod deploy;
 mod errors;
