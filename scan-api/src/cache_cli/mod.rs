@@ -503,7 +503,25 @@ fn render_warm(s: &warm::Summary) -> String {
     t.row(["elapsed", &format!("{:.2} s", s.elapsed_seconds)]);
     t.row(["rate", &format!("{:.1} req/s", s.rate_per_second)]);
     let mut out = t.render();
-    out.push_str(&format!("Accept-Encoding: {}\n", s.encodings.join(", ")));
+    let variants: Vec<String> = s
+        .encodings
+        .iter()
+        .map(|e| match e.as_str() {
+            warm::NO_ENCODING => e.clone(),
+            _ => format!("{e:?}"),
+        })
+        .collect();
+    out.push_str(&format!(
+        "Accept-Encoding variants: {}\n",
+        variants.join(", ")
+    ));
+    if s.uncached > 0 {
+        out.push_str(&format!(
+            "{} answers were not stored (X-Cache: BYPASS: Redis away or too slow, or the cache \
+             off): run warm again to retry them\n",
+            s.uncached
+        ));
+    }
     let failures: Vec<_> = s
         .results
         .iter()

@@ -474,6 +474,9 @@ async fn one_target_exactly() {
     cli(&["--redis-url", "redis://127.0.0.1:1", "stats"], &[])
         .await
         .fails_with("cannot reach Redis at redis://127.0.0.1:1");
+    cli(&["--url", "http://127.0.0.1:1", "warm"], &[])
+        .await
+        .fails_with("cannot list the images to warm: GET /api/images");
 }
 
 /// Every warmed (path, encoding) answers `X-Cache: HIT` from `app`.
@@ -520,7 +523,13 @@ async fn warm_over_http_makes_every_common_read_a_hit() {
     assert_eq!(again.row("loaded (MISS)"), "0");
     assert_eq!(again.row("already cached (HIT)"), "14");
     assert_eq!(again.row("failed"), "0");
-    assert!(again.stdout.contains("Accept-Encoding: none, gzip"));
+    assert!(
+        again
+            .stdout
+            .contains("Accept-Encoding variants: none, \"gzip\"\n"),
+        "{}",
+        again.stdout
+    );
 
     // A browser's variant is another entry: warmed only when asked for.
     let browser = "gzip, deflate, br, zstd";
