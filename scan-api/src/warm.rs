@@ -215,14 +215,18 @@ struct Answer {
 /// Warms the common reads [`Via`] `via`; see the module docs for which.
 pub async fn warm(via: &Via, options: &Options, progress: Progress) -> Result<Summary, WarmError> {
     let started = Instant::now();
+    // Each variant once, in the order given.
+    let mut encodings: Vec<String> = Vec::new();
     for e in &options.encodings {
         if e != NO_ENCODING && HeaderValue::from_str(e).is_err() {
             return Err(WarmError::Encoding(e.clone()));
         }
+        if !encodings.contains(e) {
+            encodings.push(e.clone());
+        }
     }
     let index = "/api/images";
-    let jobs: Vec<Job> = options
-        .encodings
+    let jobs: Vec<Job> = encodings
         .iter()
         .map(|e| Job {
             path: index.to_owned(),
@@ -264,8 +268,7 @@ pub async fn warm(via: &Via, options: &Options, progress: Progress) -> Result<Su
             .iter()
             .map(|n| format!("/api/images/{}/latest", encode(n))),
     );
-    let jobs: Vec<Job> = options
-        .encodings
+    let jobs: Vec<Job> = encodings
         .iter()
         .flat_map(|e| {
             paths.iter().map(move |p| Job {
@@ -280,7 +283,7 @@ pub async fn warm(via: &Via, options: &Options, progress: Progress) -> Result<Su
     results.extend(answers.into_iter().map(|a| a.outcome));
     Ok(Summary::new(
         names.len(),
-        options.encodings.clone(),
+        encodings,
         results,
         started.elapsed(),
     ))
