@@ -259,9 +259,14 @@ fn emit(json: bool, value: &Value, table: impl FnOnce() -> String) -> Result<(),
         table()
     };
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
-    stdout.flush()?;
-    Ok(())
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // A reader that has seen enough (`| head`) is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// A JSON value as text: strings without quotes, `null` as `-`.
