@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::cache_policy::Policies;
 use crate::error::AppError;
 use crate::model::Insights;
+use crate::openapi::CacheStatus;
 use crate::store::StoreError;
 
 /// The routes of this resource, cached by `policies`.
@@ -22,7 +23,14 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     )
 }
 
-async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
+/// Risk per image, the most widespread CVEs and severity totals.
+#[utoipa::path(
+    get,
+    path = "/api/insights",
+    tag = "insights",
+    responses((status = 200, description = "The analysis", body = Insights, headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))))
+)]
+pub(crate) async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(compute(&state).await?).into_response())
 }
 

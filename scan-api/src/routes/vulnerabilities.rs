@@ -11,6 +11,8 @@ use super::parse_severities;
 use crate::AppState;
 use crate::cache_policy::Policies;
 use crate::error::AppError;
+use crate::model::VulnerabilityEntry;
+use crate::openapi::{CacheStatus, ErrorBody};
 
 /// The routes of this resource, cached by `policies`.
 pub fn router(policies: &Policies) -> Router<AppState> {
@@ -25,14 +27,36 @@ pub fn router(policies: &Policies) -> Router<AppState> {
         )
 }
 
-async fn all(
+/// Findings aggregated across every stored scan.
+#[utoipa::path(
+    get,
+    path = "/api/vulnerabilities",
+    tag = "vulnerabilities",
+    params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
+    responses(
+        (status = 200, description = "The findings", body = [VulnerabilityEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (status = 400, description = "Unknown severity", body = ErrorBody)
+    )
+)]
+pub(crate) async fn all(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     answer(state, params, false).await
 }
 
-async fn active(
+/// Findings aggregated across each image's latest scan.
+#[utoipa::path(
+    get,
+    path = "/api/vulnerabilities/active",
+    tag = "vulnerabilities",
+    params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
+    responses(
+        (status = 200, description = "The findings", body = [VulnerabilityEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (status = 400, description = "Unknown severity", body = ErrorBody)
+    )
+)]
+pub(crate) async fn active(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
