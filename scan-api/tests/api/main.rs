@@ -19,4 +19,5 @@ mod fixtures;
 mod http_caching;
 mod latest;
 mod modes;
+mod openapi;
 mod stats;
