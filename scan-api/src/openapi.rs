@@ -16,7 +16,8 @@
 //! the model's types (`model.rs`) and the Trivy report (`trivy.rs`), derived from the types
 //! themselves.
 
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::model;
 use crate::routes;
@@ -66,6 +67,7 @@ use crate::routes;
         model::CveImpact,
         model::Insights,
     )),
+    modifiers(&XCacheOnEveryAnswer),
     tags(
         (name = "scans", description = "Store, list, show and delete Trivy reports"),
         (name = "vulnerabilities", description = "Findings aggregated across scans"),
@@ -80,6 +82,35 @@ pub struct ApiDoc;
 /// (`tiercache_axum::admin::openapi`).
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi().merge_from(tiercache_axum::admin::openapi())
+}
+
+/// Copies the `X-Cache` header a cached read declares on its 200 to its other answers: the
+/// cache layer sets it on every answer of the route (a 404 says `MISS`), so each route
+/// declares it once, where the route's success is described.
+struct XCacheOnEveryAnswer;
+
+impl Modify for XCacheOnEveryAnswer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let Some(get) = item.get.as_mut() else {
+                continue;
+            };
+            let responses = &mut get.responses.responses;
+            let header = match responses.get("200") {
+                Some(RefOr::T(ok)) => ok.headers.get("X-Cache").cloned(),
+                _ => None,
+            };
+            let Some(header) = header else { continue };
+            for response in responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response
+                        .headers
+                        .entry("X-Cache".to_owned())
+                        .or_insert_with(|| header.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Every error answer: `{"error": "..."}`, naming the problem (a 5xx says `internal error`).

@@ -372,12 +372,24 @@ async fn every_route_is_documented_and_every_documented_operation_answers_as_doc
             ("key", "test:scan-api:none".to_owned()),
         ]);
         let url = fill(path, &values);
-        // Twice for cached reads, so that the second answer is a HIT.
-        let mut answers = vec![call(&app, &spec, method, path, &url).await];
-        if method == "get" && answers[0].x_cache.is_some() {
-            answers.push(call(&app, &spec, method, path, &url).await);
+        // Twice for cached reads, so that the second answer is a HIT; and reads with a path
+        // parameter once more with a value that names nothing (an error answer).
+        let mut answers = vec![(url.clone(), call(&app, &spec, method, path, &url).await)];
+        if method == "get" && answers[0].1.x_cache.is_some() {
+            answers.push((url.clone(), call(&app, &spec, method, path, &url).await));
         }
-        for answer in answers {
+        if method == "get" && path.contains('{') {
+            let missing = BTreeMap::from([
+                ("name", "openapi-nobody".to_owned()),
+                ("id", "999999".to_owned()),
+                ("key", "test:scan-api:nobody".to_owned()),
+            ]);
+            let url = fill(path, &missing);
+            let answer = call(&app, &spec, method, path, &url).await;
+            assert!(answer.status >= 400, "{url}: {}", answer.status);
+            answers.push((url, answer));
+        }
+        for (url, answer) in answers {
             let what = format!("{} {url}", method.to_uppercase());
             let json = answer.json();
             assert!(
