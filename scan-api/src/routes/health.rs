@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
         (status = 503, description = "The database does not answer", body = HealthDown)
     )
 )]
-pub(crate) async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({
             "status": "ok",

@@ -29,7 +29,7 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     tag = "images",
     responses((status = 200, description = "The images", body = [ImageEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))))
 )]
-pub(crate) async fn index(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn index(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(state.store.images().await?).into_response())
 }
 
@@ -78,7 +78,7 @@ async fn image(
     )
 )]
 #[expect(dead_code, reason = "a description only: `image` serves this view")]
-pub(crate) fn latest() {}
+fn latest() {}
 
 /// `GET /api/images/{name}/versions`, one of the views [`image`] serves (its description only).
 #[utoipa::path(
@@ -92,4 +92,4 @@ pub(crate) fn latest() {}
     )
 )]
 #[expect(dead_code, reason = "a description only: `image` serves this view")]
-pub(crate) fn versions() {}
+fn versions() {}

@@ -30,7 +30,7 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     tag = "insights",
     responses((status = 200, description = "The analysis", body = Insights, headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))))
 )]
-pub(crate) async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(compute(&state).await?).into_response())
 }
 

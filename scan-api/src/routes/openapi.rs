@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
     tag = "service",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
 )]
-pub(crate) async fn openapi_json() -> Result<Response, AppError> {
+async fn openapi_json() -> Result<Response, AppError> {
     match &*DOCUMENT {
         Ok(json) => Ok(([(CONTENT_TYPE, "application/json")], json.clone()).into_response()),
         Err(e) => Err(AppError::Internal(format!(

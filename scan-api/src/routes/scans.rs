@@ -56,7 +56,7 @@ pub fn router(policies: &Policies) -> Router<AppState> {
         (status = 422, description = "JSON that is not a usable Trivy report (the field is named)", body = ErrorBody)
     )
 )]
-pub(crate) async fn create(
+async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
@@ -100,7 +100,7 @@ pub(crate) async fn create(
         (status = 400, description = "Bad `limit` or `offset`", body = ErrorBody)
     )
 )]
-pub(crate) async fn list(
+async fn list(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
@@ -122,7 +122,7 @@ pub(crate) async fn list(
         (status = 404, description = "No such scan", body = ErrorBody)
     )
 )]
-pub(crate) async fn show(
+async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
@@ -147,7 +147,7 @@ pub(crate) async fn show(
         (status = 404, description = "No such scan", body = ErrorBody)
     )
 )]
-pub(crate) async fn remove(
+async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {

@@ -38,7 +38,7 @@ pub fn router(policies: &Policies) -> Router<AppState> {
         (status = 400, description = "Unknown severity", body = ErrorBody)
     )
 )]
-pub(crate) async fn all(
+async fn all(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
@@ -56,7 +56,7 @@ pub(crate) async fn all(
         (status = 400, description = "Unknown severity", body = ErrorBody)
     )
 )]
-pub(crate) async fn active(
+async fn active(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
