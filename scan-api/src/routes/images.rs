@@ -27,7 +27,10 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     get,
     path = "/api/images",
     tag = "images",
-    responses((status = 200, description = "The images", body = [ImageEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))))
+    responses((
+        status = 200, description = "The images", body = [ImageEntry],
+        headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+    ))
 )]
 async fn index(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(state.store.images().await?).into_response())
@@ -73,7 +76,10 @@ async fn image(
     tag = "images",
     params(("name" = String, Path, description = "The image name, percent-encoded (it may contain `/` and `:`)")),
     responses(
-        (status = 200, description = "The image's latest scan", body = ScanSummary, headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The image's latest scan", body = ScanSummary,
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 404, description = "No scans of this image", body = ErrorBody)
     )
 )]
@@ -87,7 +93,10 @@ fn latest() {}
     tag = "images",
     params(("name" = String, Path, description = "The image name, percent-encoded (it may contain `/` and `:`)")),
     responses(
-        (status = 200, description = "The image's scanned tags and digests", body = [VersionEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The image's scanned tags and digests", body = [VersionEntry],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 404, description = "No scans of this image", body = ErrorBody)
     )
 )]

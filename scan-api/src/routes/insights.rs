@@ -28,7 +28,10 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     get,
     path = "/api/insights",
     tag = "insights",
-    responses((status = 200, description = "The analysis", body = Insights, headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))))
+    responses((
+        status = 200, description = "The analysis", body = Insights,
+        headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+    ))
 )]
 async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(compute(&state).await?).into_response())

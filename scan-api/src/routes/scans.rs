@@ -96,7 +96,10 @@ async fn create(
         ("offset" = Option<i64>, Query, minimum = 0, description = "Scans skipped (default 0)")
     ),
     responses(
-        (status = 200, description = "The scans", body = [ScanSummary], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The scans", body = [ScanSummary],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 400, description = "Bad `limit` or `offset`", body = ErrorBody)
     )
 )]
@@ -117,15 +120,15 @@ async fn list(
     tag = "scans",
     params(("id" = i64, Path, minimum = 1, description = "The scan's id")),
     responses(
-        (status = 200, description = "The scan", body = ScanDetail, headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The scan", body = ScanDetail,
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 400, description = "The id is not a positive whole number", body = ErrorBody),
         (status = 404, description = "No such scan", body = ErrorBody)
     )
 )]
-async fn show(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, AppError> {
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
     let scan = state
         .store

@@ -34,7 +34,10 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     tag = "vulnerabilities",
     params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
     responses(
-        (status = 200, description = "The findings", body = [VulnerabilityEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The findings", body = [VulnerabilityEntry],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 400, description = "Unknown severity", body = ErrorBody)
     )
 )]
@@ -52,7 +55,10 @@ async fn all(
     tag = "vulnerabilities",
     params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
     responses(
-        (status = 200, description = "The findings", body = [VulnerabilityEntry], headers(("X-Cache" = CacheStatus, description = "Whether the answer came from the cache"))),
+        (
+            status = 200, description = "The findings", body = [VulnerabilityEntry],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
         (status = 400, description = "Unknown severity", body = ErrorBody)
     )
 )]
