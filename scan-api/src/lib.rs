@@ -23,6 +23,7 @@
 //! - `cache_policy`: categories, TTLs, tags and route policies, and which writes purge what, in
 //!   one table.
 //! - `routes`: one file per resource; `ingest`: bulk seeding and importing for the CLI.
+//! - `openapi`: the OpenAPI document of every route (`GET /api/openapi.json`).
 //! - `warm`: pre-loading the common reads (`scan-api cache warm`, `CACHE_WARM_ON_START`);
 //!   `cache_cli`: the `scan-api cache` subcommands.
 
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod model;
+pub mod openapi;
 pub mod routes;
 pub mod store;
 pub mod synth;
@@ -80,6 +82,7 @@ pub fn app(state: AppState, admin_token: Option<String>) -> Router {
         .merge(routes::images::router(&policies))
         .merge(routes::insights::router(&policies))
         .merge(routes::health::router())
+        .merge(routes::openapi::router())
         .merge(admin::router(admin))
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))

@@ -7,9 +7,12 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Trivy's severities, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
     /// Not rated.
@@ -60,7 +63,7 @@ impl fmt::Display for Severity {
 }
 
 /// Number of findings per severity.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub struct SeverityCounts {
     /// CRITICAL findings.
@@ -104,7 +107,9 @@ impl SeverityCounts {
 }
 
 /// Whether an image version is a tag (`v10.2.0`) or a digest (`sha256:…`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionKind {
     /// A tag from `RepoTags`.
@@ -133,7 +138,7 @@ impl VersionKind {
 }
 
 /// One tag or digest of an image that a scan covered.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 pub struct ImageVersion {
     /// `v10.2.0` or `sha256:…`.
     pub version: String,
@@ -142,7 +147,7 @@ pub struct ImageVersion {
 }
 
 /// One vulnerability finding of a scan (deduplicated within the report).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Finding {
     /// `Results[].Target`.
     pub target: String,
@@ -194,7 +199,7 @@ pub struct NewScan {
 }
 
 /// A stored scan without its findings: lists, image views and the POST answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScanSummary {
     /// Database id.
     pub id: i64,
@@ -221,7 +226,7 @@ pub struct ScanSummary {
 }
 
 /// A stored scan with its findings: `GET /api/scan-results/{id}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScanDetail {
     /// The summary.
     #[serde(flatten)]
@@ -231,7 +236,7 @@ pub struct ScanDetail {
 }
 
 /// A vulnerability aggregated across scans: `GET /api/vulnerabilities`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VulnerabilityEntry {
     /// `CVE-…`.
     pub vulnerability_id: String,
@@ -248,7 +253,7 @@ pub struct VulnerabilityEntry {
 }
 
 /// An image with its latest scan: `GET /api/images`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageEntry {
     /// Image name.
     pub image: String,
@@ -259,7 +264,7 @@ pub struct ImageEntry {
 }
 
 /// One scanned version of an image: `GET /api/images/{name}/versions`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VersionEntry {
     /// `v10.2.0` or `sha256:…`.
     pub version: String,
@@ -274,7 +279,7 @@ pub struct VersionEntry {
 }
 
 /// One image's risk in the insights view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageRisk {
     /// Image name.
     pub image: String,
@@ -290,7 +295,7 @@ pub struct ImageRisk {
 }
 
 /// A CVE and how many images it affects.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CveImpact {
     /// `CVE-…`.
     pub vulnerability_id: String,
@@ -303,7 +308,7 @@ pub struct CveImpact {
 }
 
 /// The expensive analysis view: `GET /api/insights`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Insights {
     /// The 100 riskiest images, riskiest first (every image is scored).
     pub image_risk: Vec<ImageRisk>,

@@ -40,10 +40,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ReportError 
     }
 }
 
-/// The parts of a report this service reads; everything else is ignored.
-#[derive(Deserialize)]
+/// The parts of a Trivy report this service reads; every other field is ignored.
+// Also the request body's schema in the OpenAPI document (`TrivyReport`, `crate::openapi`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase", expecting = "a Trivy report object")]
-struct RawReport {
+#[schema(as = TrivyReport)]
+pub(crate) struct RawReport {
     #[serde(default)]
     artifact_name: Option<String>,
     #[serde(default, rename = "ReportID")]
@@ -57,8 +59,9 @@ struct RawReport {
 }
 
 /// `Metadata`.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase", expecting = "a metadata object")]
+#[schema(as = TrivyMetadata)]
 struct RawMetadata {
     #[serde(default, rename = "OS")]
     os: Option<RawOs>,
@@ -71,8 +74,9 @@ struct RawMetadata {
 }
 
 /// `Metadata.OS`.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase", expecting = "an OS object")]
+#[schema(as = TrivyOs)]
 struct RawOs {
     #[serde(default)]
     family: Option<String>,
@@ -81,8 +85,9 @@ struct RawOs {
 }
 
 /// One entry of `Results`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase", expecting = "a result object")]
+#[schema(as = TrivyResult)]
 struct RawResult {
     #[serde(default)]
     target: Option<String>,
@@ -91,8 +96,9 @@ struct RawResult {
 }
 
 /// One entry of `Results[].Vulnerabilities`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase", expecting = "a vulnerability object")]
+#[schema(as = TrivyVulnerability)]
 struct RawVulnerability {
     #[serde(default, rename = "VulnerabilityID")]
     vulnerability_id: Option<String>,

@@ -22,6 +22,9 @@
 //! and 403 for everyone when no token is configured. The comparison is constant-time. Errors are
 //! JSON `{"error": "..."}`. Listing and inspecting keys read Redis, so without it (standalone or
 //! disabled) they answer 409; clearing and deleting a key work in every mode.
+//!
+//! With the `openapi` feature, [`openapi()`] describes these routes as an OpenAPI document
+//! (`admin/openapi.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +39,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tiercache::{Cache, Mode};
+
+#[cfg(feature = "openapi")]
+mod openapi;
+#[cfg(feature = "openapi")]
+pub use openapi::{AdminApi, SECURITY_SCHEME, openapi};
 
 /// Default `limit` of `GET /api/cache/keys`.
 pub const DEFAULT_KEYS_LIMIT: usize = 100;

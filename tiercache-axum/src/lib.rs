@@ -28,10 +28,14 @@
 //! - `response_cache`: the response-cache and purge layers, laid out as tower-http lays out a
 //!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
-//!   errors.
+//!   errors; `admin/openapi.rs` their OpenAPI description (feature `openapi`).
 //!
 //! # Feature flags
-//! None. axum is used with `default-features = false` and only the features the routes need.
+//! axum is used with `default-features = false` and only the features the routes need.
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `openapi` | off | `admin::openapi()`: the admin routes as an OpenAPI document (utoipa), with the bearer-token security scheme, to merge into an application's own document |
 
 pub mod admin;
 pub mod response_cache;

@@ -10,12 +10,23 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::AppState;
+use crate::openapi::{Health, HealthDown};
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
 }
 
+/// The service's liveness: 200 while the database answers, whatever the cache does.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    responses(
+        (status = 200, description = "Up", body = Health),
+        (status = 503, description = "The database does not answer", body = HealthDown)
+    )
+)]
 async fn health(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({

@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::cache_policy::Policies;
 use crate::error::AppError;
 use crate::model::Insights;
+use crate::openapi::CacheStatus;
 use crate::store::StoreError;
 
 /// The routes of this resource, cached by `policies`.
@@ -22,6 +23,16 @@ pub fn router(policies: &Policies) -> Router<AppState> {
     )
 }
 
+/// Risk per image, the most widespread CVEs and severity totals.
+#[utoipa::path(
+    get,
+    path = "/api/insights",
+    tag = "insights",
+    responses((
+        status = 200, description = "The analysis", body = Insights,
+        headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+    ))
+)]
 async fn insights(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(compute(&state).await?).into_response())
 }

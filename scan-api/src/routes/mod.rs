@@ -5,6 +5,7 @@
 pub mod health;
 pub mod images;
 pub mod insights;
+pub mod openapi;
 pub mod scans;
 pub mod vulnerabilities;
 

@@ -16,7 +16,9 @@ use super::{parse_id, parse_limit, parse_offset};
 use crate::AppState;
 use crate::cache_policy::{Policies, written};
 use crate::error::AppError;
-use crate::trivy;
+use crate::model::{ScanDetail, ScanSummary};
+use crate::openapi::{CacheStatus, ErrorBody, StoredScan};
+use crate::trivy::{self, RawReport};
 
 /// The routes of this resource: reads cached by `policies`, writes purging what they changed
 /// (their purge layer runs each write in a task of its own, so a client that goes away cannot
@@ -37,6 +39,23 @@ pub fn router(policies: &Policies) -> Router<AppState> {
         )
 }
 
+/// Stores a Trivy report; the cache entries it makes stale are purged before the answer.
+#[utoipa::path(
+    post,
+    path = "/api/scan-results",
+    tag = "scans",
+    request_body(
+        content = RawReport,
+        content_type = "application/json",
+        description = "A Trivy JSON report (`trivy image --format json`, SchemaVersion 2); fields not named here are ignored"
+    ),
+    responses(
+        (status = 201, description = "Stored", body = StoredScan),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 422, description = "JSON that is not a usable Trivy report (the field is named)", body = ErrorBody)
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -66,6 +85,24 @@ async fn create(
     Ok((StatusCode::CREATED, purge, Json(body)).into_response())
 }
 
+/// Stored scans, newest first, without their findings.
+#[utoipa::path(
+    get,
+    path = "/api/scan-results",
+    tag = "scans",
+    params(
+        ("image" = Option<String>, Query, description = "Only this image's scans"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Most scans returned (default 100)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Scans skipped (default 0)")
+    ),
+    responses(
+        (
+            status = 200, description = "The scans", body = [ScanSummary],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
+        (status = 400, description = "Bad `limit` or `offset`", body = ErrorBody)
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -76,6 +113,21 @@ async fn list(
     Ok(Json(state.store.list_scans(image, limit, offset).await?).into_response())
 }
 
+/// One scan with its findings.
+#[utoipa::path(
+    get,
+    path = "/api/scan-results/{id}",
+    tag = "scans",
+    params(("id" = i64, Path, minimum = 1, description = "The scan's id")),
+    responses(
+        (
+            status = 200, description = "The scan", body = ScanDetail,
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
+        (status = 400, description = "The id is not a positive whole number", body = ErrorBody),
+        (status = 404, description = "No such scan", body = ErrorBody)
+    )
+)]
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
     let scan = state
@@ -86,6 +138,18 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(Json(scan).into_response())
 }
 
+/// Deletes a scan; the cache entries it makes stale are purged before the answer.
+#[utoipa::path(
+    delete,
+    path = "/api/scan-results/{id}",
+    tag = "scans",
+    params(("id" = i64, Path, minimum = 1, description = "The scan's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id is not a positive whole number", body = ErrorBody),
+        (status = 404, description = "No such scan", body = ErrorBody)
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,

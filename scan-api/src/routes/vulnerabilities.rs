@@ -11,6 +11,8 @@ use super::parse_severities;
 use crate::AppState;
 use crate::cache_policy::Policies;
 use crate::error::AppError;
+use crate::model::VulnerabilityEntry;
+use crate::openapi::{CacheStatus, ErrorBody};
 
 /// The routes of this resource, cached by `policies`.
 pub fn router(policies: &Policies) -> Router<AppState> {
@@ -25,6 +27,20 @@ pub fn router(policies: &Policies) -> Router<AppState> {
         )
 }
 
+/// Findings aggregated across every stored scan.
+#[utoipa::path(
+    get,
+    path = "/api/vulnerabilities",
+    tag = "vulnerabilities",
+    params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
+    responses(
+        (
+            status = 200, description = "The findings", body = [VulnerabilityEntry],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
+        (status = 400, description = "Unknown severity", body = ErrorBody)
+    )
+)]
 async fn all(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,
@@ -32,6 +48,20 @@ async fn all(
     answer(state, params, false).await
 }
 
+/// Findings aggregated across each image's latest scan.
+#[utoipa::path(
+    get,
+    path = "/api/vulnerabilities/active",
+    tag = "vulnerabilities",
+    params(("severity" = Option<String>, Query, description = "Comma-separated severities to keep: CRITICAL, HIGH, MEDIUM, LOW, UNKNOWN (any case; default all)")),
+    responses(
+        (
+            status = 200, description = "The findings", body = [VulnerabilityEntry],
+            headers(("X-Cache" = CacheStatus, description = "HIT, MISS or BYPASS"))
+        ),
+        (status = 400, description = "Unknown severity", body = ErrorBody)
+    )
+)]
 async fn active(
     state: State<AppState>,
     params: Query<HashMap<String, String>>,

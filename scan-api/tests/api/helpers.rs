@@ -124,6 +124,17 @@ impl TestEnv {
         self.app_on(cache, body_limit, admin_token).await
     }
 
+    /// The app's router, not served (the cache disabled): for tests that read its route table.
+    pub(crate) async fn router(&self) -> axum::Router {
+        let state = AppState {
+            store: Store::connect(&self.db_url).await.unwrap(),
+            cache: Cache::builder().enabled(false).build().await.unwrap(),
+            body_limit: 1 << 20,
+            cache_max_body: self.cache_max_body,
+        };
+        scan_api::app(state, Some(ADMIN_TOKEN.to_owned()))
+    }
+
     /// An app with the given cache.
     pub(crate) async fn app_on(
         &self,

@@ -20,4 +20,5 @@ mod fixtures;
 mod http_caching;
 mod latest;
 mod modes;
+mod openapi;
 mod stats;
