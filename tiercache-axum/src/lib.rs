@@ -29,9 +29,12 @@
 //!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
 //!   errors.
+//! - `alerts`: the alert evaluator (memory, hit ratio, error rate, disconnection) whose active
+//!   alerts health lists.
 //!
 //! # Feature flags
 //! None. axum is used with `default-features = false` and only the features the routes need.
 
 pub mod admin;
+pub mod alerts;
 pub mod response_cache;
