@@ -31,10 +31,13 @@
 //!   errors.
 //! - `alerts`: the alert evaluator (memory, hit ratio, error rate, disconnection) whose active
 //!   alerts health lists.
+//! - `metrics`: the Prometheus recorder (installed once per process) and `GET /metrics`, with
+//!   the cache's states sampled at each scrape.
 //!
 //! # Feature flags
 //! None. axum is used with `default-features = false` and only the features the routes need.
 
 pub mod admin;
 pub mod alerts;
+pub mod metrics;
 pub mod response_cache;
