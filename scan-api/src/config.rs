@@ -229,6 +229,42 @@ mod tests {
     }
 
     #[test]
+    fn alert_thresholds_default_to_the_design_and_can_be_set() {
+        use tiercache_axum::alerts::AlertConfig;
+        let cli = Cli::try_parse_from(["scan-api", "serve"]).unwrap();
+        let Some(Command::Serve(serve)) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(serve.alerts.config(), AlertConfig::default());
+        let cli = Cli::try_parse_from([
+            "scan-api",
+            "serve",
+            "--alert-memory-ratio",
+            "0.9",
+            "--alert-window-secs",
+            "60",
+        ])
+        .unwrap();
+        let Some(Command::Serve(serve)) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            serve.alerts.config(),
+            AlertConfig::default()
+                .memory_ratio(0.9)
+                .window(std::time::Duration::from_secs(60))
+        );
+        let bad = Cli::try_parse_from(["scan-api", "serve", "--alert-hit-ratio-min", "2"]).unwrap();
+        let Some(Command::Serve(serve)) = bad.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            serve.alerts.config().validate().unwrap_err().setting,
+            "hit_ratio_min"
+        );
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redact("sqlite://scan-api.db"), "sqlite://scan-api.db");

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use tracing::Dispatch;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -112,7 +114,15 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
 }
 
 /// Captures what this thread logs until the guard drops.
+///
+/// `tracing` caches each callsite's interest process-wide, and while a single dispatcher is
+/// registered it computes it from the default of whichever thread reaches the callsite first:
+/// a parallel test's thread without a subscriber would cache "never" and blind this capture
+/// (tokio-rs/tracing#3611). An inert registry kept for the process makes two dispatchers at
+/// least, so interest is computed over all of them.
 pub fn capture() -> (Captured, DefaultGuard) {
+    static ANCHOR: OnceLock<Dispatch> = OnceLock::new();
+    ANCHOR.get_or_init(|| Dispatch::new(tracing_subscriber::registry()));
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     (captured, tracing::subscriber::set_default(subscriber))
