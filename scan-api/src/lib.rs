@@ -14,6 +14,13 @@
 //!   only); the default on a machine without Redis and without `REDIS_URL`.
 //! - `disabled`: every read from the database.
 //!
+//! # Operating it
+//! `GET /metrics` serves the cache's metrics in the Prometheus format (`tiercache_axum::metrics`,
+//! whose recorder `main` installs before building the cache); every request's span records its
+//! cache outcome in the field `cache`; an alert evaluator (`ALERT_*` settings, see `config`)
+//! lists active alerts in `GET /api/cache/health` and as `tiercache_alert_active`; the rules
+//! for a Prometheus server are in `deploy/prometheus/alerts.yml`.
+//!
 //! # Layout
 //! - `config`: command line and environment (clap); `cache_setup`: which cache mode those
 //!   settings give, and the cache built from them.

@@ -164,3 +164,22 @@ async fn counters_move_exactly_as_the_operations_and_the_output_parses() {
         count(&after, "tiercache_misses_total", &[things])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_never_hangs_the_scrape() {
+    let handle = metrics::install().unwrap();
+    let mut redis = RedisServer::start();
+    let cache = builder(&redis, "metrics-hung").build().await.unwrap();
+    let server = serve(metrics::router(handle, cache)).await;
+    redis.pause();
+    let started = std::time::Instant::now();
+    let e = scrape(&server).await;
+    // One INFO, bounded by the cache's operation timeout (500 ms in these tests).
+    assert!(
+        started.elapsed() < crate::helpers::OP_TIMEOUT * 4,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.families().contains("tiercache_hits_total"));
+    redis.resume();
+}
