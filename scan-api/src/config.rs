@@ -130,6 +130,41 @@ pub struct Serve {
     /// does not wait for it.
     #[arg(long, env = "CACHE_WARM_ON_START", default_value_t = false, action = clap::ArgAction::Set)]
     pub warm_on_start: bool,
+    /// Alert thresholds.
+    #[command(flatten)]
+    pub alerts: AlertSettings,
+}
+
+/// Thresholds of the cache alerts (see `tiercache_axum::alerts`); the defaults are the design's.
+#[derive(Debug, Args, Clone)]
+pub struct AlertSettings {
+    /// Alert when Redis uses more than this share of its maxmemory (never without a maxmemory).
+    #[arg(long, env = "ALERT_MEMORY_RATIO", default_value_t = 0.8)]
+    pub alert_memory_ratio: f64,
+    /// Alert when the hit ratio over the window falls below this (once it saw 100 reads).
+    #[arg(long, env = "ALERT_HIT_RATIO_MIN", default_value_t = 0.6)]
+    pub alert_hit_ratio_min: f64,
+    /// Alert when more than this share of Redis calls fail over the window (once it saw 100).
+    #[arg(long, env = "ALERT_ERROR_RATE_MAX", default_value_t = 0.01)]
+    pub alert_error_rate_max: f64,
+    /// The window of the hit ratio and the error rate, in seconds.
+    #[arg(long, env = "ALERT_WINDOW_SECS", default_value_t = 300)]
+    pub alert_window_secs: u64,
+    /// How often the alerts are evaluated, in seconds.
+    #[arg(long, env = "ALERT_INTERVAL_SECS", default_value_t = 5)]
+    pub alert_interval_secs: u64,
+}
+
+impl AlertSettings {
+    /// The evaluator's configuration.
+    pub fn config(&self) -> tiercache_axum::alerts::AlertConfig {
+        tiercache_axum::alerts::AlertConfig::default()
+            .memory_ratio(self.alert_memory_ratio)
+            .hit_ratio_min(self.alert_hit_ratio_min)
+            .error_rate_max(self.alert_error_rate_max)
+            .window(std::time::Duration::from_secs(self.alert_window_secs))
+            .interval(std::time::Duration::from_secs(self.alert_interval_secs))
+    }
 }
 
 impl Serve {
@@ -197,6 +232,42 @@ mod tests {
         assert!(err.contains("standalone") && err.contains("off"), "{err}");
         let cli = Cli::try_parse_from(["scan-api", "--redis-url", "redis://h:1"]).unwrap();
         assert_eq!(cli.common.redis_url.as_deref(), Some("redis://h:1"));
+    }
+
+    #[test]
+    fn alert_thresholds_default_to_the_design_and_can_be_set() {
+        use tiercache_axum::alerts::AlertConfig;
+        let cli = Cli::try_parse_from(["scan-api", "serve"]).unwrap();
+        let Some(Command::Serve(serve)) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(serve.alerts.config(), AlertConfig::default());
+        let cli = Cli::try_parse_from([
+            "scan-api",
+            "serve",
+            "--alert-memory-ratio",
+            "0.9",
+            "--alert-window-secs",
+            "60",
+        ])
+        .unwrap();
+        let Some(Command::Serve(serve)) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            serve.alerts.config(),
+            AlertConfig::default()
+                .memory_ratio(0.9)
+                .window(std::time::Duration::from_secs(60))
+        );
+        let bad = Cli::try_parse_from(["scan-api", "serve", "--alert-hit-ratio-min", "2"]).unwrap();
+        let Some(Command::Serve(serve)) = bad.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            serve.alerts.config().validate().unwrap_err().setting,
+            "hit_ratio_min"
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    // Before the cache is built: it takes its metrics handles from the recorder then.
+    tiercache_axum::metrics::install()?;
     // The cache first: its settings are checked before the database file is created.
     let purpose = match cli.command {
         None | Some(Command::Serve(_)) => Purpose::Serve,
@@ -51,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     };
     match command {
         Command::Serve(serve) => {
+            let alerts = serve.alerts.config();
+            alerts.validate()?;
             let listener = tokio::net::TcpListener::bind(serve.bind)
                 .await
                 .with_context(|| format!("binding {}", serve.bind))?;
@@ -62,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
                 body_limit: serve.body_limit,
                 cache_max_body: serve.cache_max_body,
             };
-            let app = scan_api::app(state, serve.admin_token);
+            let app = scan_api::app_with_alerts(state, serve.admin_token, alerts);
             if serve.warm_on_start {
                 scan_api::warm::spawn_on_start(app.clone(), mode);
             }

@@ -29,6 +29,10 @@
 //!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
 //!   errors; `admin/openapi.rs` their OpenAPI description (feature `openapi`).
+//! - `alerts`: the alert evaluator (memory, hit ratio, error rate, disconnection) whose active
+//!   alerts health lists.
+//! - `metrics`: the Prometheus recorder (installed once per process) and `GET /metrics`, with
+//!   the cache's states sampled at each scrape.
 //!
 //! # Feature flags
 //! axum is used with `default-features = false` and only the features the routes need.
@@ -38,4 +42,6 @@
 //! | `openapi` | off | `admin::openapi()`: the admin routes as an OpenAPI document (utoipa), with the bearer-token security scheme, to merge into an application's own document |
 
 pub mod admin;
+pub mod alerts;
+pub mod metrics;
 pub mod response_cache;

@@ -19,6 +19,7 @@ mod faults;
 mod fixtures;
 mod http_caching;
 mod latest;
+mod metrics;
 mod modes;
 mod openapi;
 mod stats;

@@ -9,4 +9,8 @@
 
 mod helpers;
 
+mod alerts;
+mod invalidations;
+mod metrics;
 mod response_cache;
+mod spans;
