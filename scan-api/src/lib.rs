@@ -45,7 +45,7 @@ use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tiercache::Cache;
-use tiercache_axum::admin;
+use tiercache_axum::{admin, dashboard};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -77,6 +77,7 @@ pub fn app(state: AppState, admin_token: Option<String>) -> Router {
         .merge(routes::insights::router(&policies))
         .merge(routes::health::router())
         .merge(admin::router(admin))
+        .merge(dashboard::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(json_errors))

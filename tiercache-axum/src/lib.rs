@@ -9,7 +9,8 @@
 //!
 //! [`admin::router`] serves statistics and health to monitoring, and clearing and key
 //! inspection to operators holding the admin token. It returns a `Router<S>` for any state `S`,
-//! so it merges into an application's router as it is.
+//! so it merges into an application's router as it is. [`dashboard::router`] serves a live
+//! page drawn from those JSON routes, with every asset embedded in the binary.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -29,9 +30,12 @@
 //!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
 //!   errors.
+//! - `dashboard`: the dashboard page's routes; the page itself (HTML, CSS, JS) is in
+//!   `assets/dashboard/`.
 //!
 //! # Feature flags
 //! None. axum is used with `default-features = false` and only the features the routes need.
 
 pub mod admin;
+pub mod dashboard;
 pub mod response_cache;
