@@ -1,16 +1,22 @@
-//! Operational routes for a [`Cache`]: stats, health, clear, and key inspection.
+//! Operational routes for a [`Cache`]: stats, health, recent invalidations, clear, and key
+//! inspection.
 //!
 //! | route | auth | answer |
 //! |---|---|---|
-//! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory, evictions, keys, uptime, per-category figures |
-//! | `GET /api/cache/health` | none | 200 `{"status":"up",…}` or 503 `{"status":"down",…}`, with the mode (below) |
+//! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory (`memory_used_bytes`, `maxmemory_bytes`), evictions, keys, uptime, per-category figures |
+//! | `GET /api/cache/health` | none | 200 `{"status":"up",…}` or 503 `{"status":"down",…}`, with the mode and the active `alerts` (below) |
+//! | `GET /api/cache/invalidations?limit=` | none | `{"instance": "<this instance's id>", "invalidations": [...]}`: the last `limit` (default 50, at most 100) invalidations made or heard here, newest first |
 //! | `POST /api/cache/clear` | admin | removes this namespace's keys only; logs who, when, how many |
 //! | `GET /api/cache/keys?pattern=&limit=` | admin | keys by SCAN, the pattern confined to the namespace |
 //! | `GET /api/cache/keys/{key}` | admin | a key's TTL and stored size |
 //! | `DELETE /api/cache/keys/{key}` | admin | removes a key |
 //!
-//! Health depends on the cache's [`Mode`]; every answer has `status`, `mode` and `local` (the
-//! in-process tier's figures, with `live`: whether it serves now; `null` without a tier):
+//! Health depends on the cache's [`Mode`]; every answer has `status`, `mode`, `local` (the
+//! in-process tier's figures, with `live`: whether it serves now; `null` without a tier) and
+//! `alerts`: the alerts active now (see [`crate::alerts`]), each
+//! `{"name", "since_unix_ms", "value", "threshold", "message"}`; an empty list when none is, or
+//! when no evaluator is attached ([`Admin::alerts`]). Alerts never change the status: health
+//! stays 200 while Redis answers, whatever is alerting.
 //!
 //! | mode | answer |
 //! |---|---|
@@ -20,7 +26,13 @@
 //!
 //! Admin routes need `Authorization: Bearer <token>`: 401 without it, 403 with a wrong token,
 //! and 403 for everyone when no token is configured. The comparison is constant-time. Errors are
-//! JSON `{"error": "..."}`. Listing and inspecting keys read Redis, so without it (standalone or
+//! JSON `{"error": "..."}`.
+//!
+//! `maxmemory_bytes` is Redis's `maxmemory`: 0 means no limit (Redis's own way to say it), and
+//! `null` that Redis did not answer. Each invalidation is `{"at": "<RFC 3339>", "at_unix_ms",
+//! "kind": "key"|"tag"|"pattern"|"clear", "targets": [...], "instance": "<id>", "own": bool}`
+//! (see [`tiercache::InvalidationRecord`]); a cache without an in-process tier does not
+//! subscribe to the invalidation channel and lists its own only. Listing and inspecting keys read Redis, so without it (standalone or
 //! disabled) they answer 409; clearing and deleting a key work in every mode.
 
 use std::net::SocketAddr;
@@ -37,17 +49,24 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tiercache::{Cache, Mode};
 
+use crate::alerts::Alerts;
+
 /// Default `limit` of `GET /api/cache/keys`.
 pub const DEFAULT_KEYS_LIMIT: usize = 100;
 /// Largest accepted `limit` of `GET /api/cache/keys`.
 pub const MAX_KEYS_LIMIT: usize = 1000;
 
-/// What the admin routes need: the cache and the admin token.
+/// Default `limit` of `GET /api/cache/invalidations`.
+pub const DEFAULT_INVALIDATIONS_LIMIT: usize = 50;
+
+/// What the admin routes need: the cache, the admin token and, if any, the alert evaluator.
 #[derive(Clone)]
 pub struct Admin {
     cache: Cache,
     /// `None`: admin routes answer 403 to everyone.
     token: Option<Arc<str>>,
+    /// Listed by the health route; `None`: no alerts.
+    alerts: Option<Alerts>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -65,7 +84,15 @@ impl Admin {
         Self {
             cache,
             token: token.filter(|t| !t.is_empty()).map(Arc::from),
+            alerts: None,
         }
+    }
+
+    /// Lists `alerts`' active alerts in `GET /api/cache/health`.
+    #[must_use]
+    pub fn alerts(mut self, alerts: Alerts) -> Self {
+        self.alerts = Some(alerts);
+        self
     }
 }
 
@@ -74,6 +101,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(admin: Admin) -> Router<S> {
     Router::new()
         .route("/api/cache/stats", get(stats))
         .route("/api/cache/health", get(health))
+        .route("/api/cache/invalidations", get(invalidations))
         .route("/api/cache/clear", post(clear))
         .route("/api/cache/keys", get(list_keys))
         .route("/api/cache/keys/{key}", get(show_key).delete(delete_key))
@@ -148,6 +176,7 @@ async fn stats(State(admin): State<Admin>) -> Response {
         "total_keys": s.keys,
         "memory_used": s.used_memory_human,
         "memory_used_bytes": s.used_memory_bytes,
+        "maxmemory_bytes": s.maxmemory_bytes,
         "hits": s.hits,
         "local_hits": s.local_hits,
         "misses": s.misses,
@@ -198,7 +227,46 @@ async fn health(State(admin): State<Admin>) -> Response {
     };
     body["mode"] = json!(mode.as_str());
     body["local"] = json!(local);
+    body["alerts"] = json!(
+        admin
+            .alerts
+            .as_ref()
+            .map(Alerts::active)
+            .unwrap_or_default()
+    );
     (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct InvalidationsQuery {
+    limit: Option<String>,
+}
+
+async fn invalidations(
+    State(admin): State<Admin>,
+    query: Result<Query<InvalidationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "invalid query string");
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_INVALIDATIONS_LIMIT,
+        Some(Ok(n)) if (1..=tiercache::HISTORY_LEN).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`limit` must be a whole number from 1 to {}",
+                    tiercache::HISTORY_LEN
+                ),
+            );
+        }
+    };
+    Json(json!({
+        "instance": admin.cache.instance_id(),
+        "invalidations": admin.cache.recent_invalidations(limit),
+    }))
+    .into_response()
 }
 
 /// Refuses key listing and inspection, which read Redis, when the cache does not use it.
@@ -478,6 +546,7 @@ mod tests {
             "{body}"
         );
         assert!(body["latency_ms"].as_f64().is_some(), "{body}");
+        assert_eq!(body["alerts"], json!([]), "no evaluator attached: {body}");
         assert!(body["local"]["live"].is_boolean(), "{body}");
 
         // Redis away: down, and says where the reads go.
@@ -513,6 +582,7 @@ mod tests {
             )
         );
         assert!(body["local"].is_null(), "{body}");
+        assert_eq!(body["alerts"], json!([]), "{body}");
         let (s, body) = call(app(None).await, "GET", "/api/cache/stats", None).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(

@@ -30,6 +30,8 @@
 //!   middleware (`layer`, `service`, `future`, with `policy`, `key` and `stored` beside them).
 //! - `admin`: the routes, bearer-token authorization with constant-time comparison, and JSON
 //!   errors.
+//! - `alerts`: the alert evaluator (memory, hit ratio, error rate, disconnection) whose active
+//!   alerts health lists.
 //! - `dashboard`: the dashboard page's routes; the page itself (HTML, CSS, JS) is in
 //!   `assets/dashboard/`.
 //!
@@ -37,5 +39,6 @@
 //! None. axum is used with `default-features = false` and only the features the routes need.
 
 pub mod admin;
+pub mod alerts;
 pub mod dashboard;
 pub mod response_cache;

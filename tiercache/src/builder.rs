@@ -441,7 +441,7 @@ impl CacheBuilder {
             _ => None,
         };
 
-        let counters = Arc::new(Counters::new(self.ttl.categories()));
+        let counters = Arc::new(Counters::new(keys.label(), self.ttl.categories()));
         let remote = Arc::new(Remote::new(
             RemoteConfig {
                 info,
@@ -500,7 +500,9 @@ impl CacheBuilder {
                             namespace = %keys.prefix(),
                             "cache mode: redis, but redis is unreachable at start-up: serving from the source and reconnecting in the background"
                         );
-                        remote.breaker.trip();
+                        if remote.breaker.trip() {
+                            counters.breaker_trip();
+                        }
                     }
                 }
                 tasks.push(probe::spawn(coherence.clone(), self.breaker_cooldown));

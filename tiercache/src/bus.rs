@@ -20,12 +20,13 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::coherence::{Change, Coherence, Target};
+use crate::history::InvalidationKind;
 use crate::key::{KeySpace, Pattern, Tag};
 use crate::log_limiter::LogLimiter;
 use crate::probe::TaskGuard;
@@ -40,6 +41,12 @@ pub const CHANNEL_SILENCE: Duration = Duration::from_secs(3);
 pub(crate) struct Notice {
     /// The sending instance (its own notices are not applied twice).
     pub(crate) from: u64,
+    /// When it was published: nanoseconds since the Unix epoch on the sender's clock (0 in
+    /// notices from versions that did not send it). The receiver measures the propagation lag
+    /// against its own clock: exact between caches on one host, and as good as the clocks'
+    /// synchronization (NTP: about a millisecond) across machines.
+    #[serde(default)]
+    pub(crate) at: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -48,6 +55,23 @@ pub(crate) struct Notice {
     pub(crate) tags: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) clear: bool,
+    /// The keys were overwritten (`insert`), not invalidated: dropped from the tier all the
+    /// same, but not listed among the invalidations heard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) insert: bool,
+}
+
+/// Nanoseconds since the Unix epoch, now (0 if the clock is before it).
+pub(crate) fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A notice as JSON.
+fn encode(notice: &Notice) -> Vec<u8> {
+    // Serializing strings, numbers and bools to JSON cannot fail.
+    serde_json::to_vec(notice).unwrap_or_default()
 }
 
 /// This instance's ends of the channel.
@@ -74,19 +98,23 @@ impl Channel {
 
     /// The notice of `change`.
     pub(crate) fn notice(&self, change: &Change<'_>) -> Vec<u8> {
-        match change {
-            Change::Invalidate(Target::Keys(keys)) => self.notice_of(keys, &[], &[], false),
-            Change::Invalidate(Target::Pattern(p)) => self.notice_of(&[], &[p], &[], false),
+        let notice = match change {
+            Change::Invalidate(Target::Keys(keys)) => self.naming(keys, &[], &[], false),
+            Change::Invalidate(Target::Pattern(p)) => self.naming(&[], &[p], &[], false),
             Change::Invalidate(Target::Tags(tags)) => {
                 let tags: Vec<&Tag> = tags.iter().collect();
-                self.notice_of(&[], &[], &tags, false)
+                self.naming(&[], &[], &tags, false)
             }
-            Change::Invalidate(Target::Clear) => self.notice_of(&[], &[], &[], true),
+            Change::Invalidate(Target::Clear) => self.naming(&[], &[], &[], true),
             Change::Overwrite(entries) => {
                 let keys: Vec<&str> = entries.iter().map(|(k, _, _)| *k).collect();
-                self.notice_of(&keys, &[], &[], false)
+                Notice {
+                    insert: true,
+                    ..self.naming(&keys, &[], &[], false)
+                }
             }
-        }
+        };
+        encode(&notice)
     }
 
     /// A notice naming `keys`, `patterns`, `tags` and (`clear`) everything.
@@ -97,15 +125,24 @@ impl Channel {
         tags: &[&Tag],
         clear: bool,
     ) -> Vec<u8> {
-        let notice = Notice {
+        encode(&self.naming(keys, patterns, tags, clear))
+    }
+
+    fn naming(&self, keys: &[&str], patterns: &[&Pattern], tags: &[&Tag], clear: bool) -> Notice {
+        Notice {
             from: self.id,
+            at: unix_nanos(),
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
             tags: tags.iter().map(|t| t.as_str().to_owned()).collect(),
             clear,
-        };
-        // Serializing strings, numbers and bools to JSON cannot fail.
-        serde_json::to_vec(&notice).unwrap_or_default()
+            insert: false,
+        }
+    }
+
+    /// This instance's id (random per cache), as notices carry it.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// This instance's heartbeat channel.
@@ -188,6 +225,7 @@ async fn listen(
                     Ok(notice) if notice.from == c.channel.id => {}
                     Ok(notice) => {
                         c.apply_notice(&notice);
+                        heard(c, &notice);
                         tracing::debug!(from = notice.from, "applied a change from another instance");
                     }
                     Err(e) => {
@@ -210,6 +248,31 @@ async fn listen(
     }
 }
 
+/// Records another instance's notice, just applied: its propagation lag (publication to now),
+/// and the invalidations it names in the history and the counters.
+fn heard(c: &Coherence, notice: &Notice) {
+    if notice.at != 0 {
+        let lag = unix_nanos().saturating_sub(notice.at);
+        c.counters.propagation_lag(Duration::from_nanos(lag));
+    }
+    if notice.insert {
+        return;
+    }
+    let named = [
+        (InvalidationKind::Key, &notice.keys),
+        (InvalidationKind::Pattern, &notice.patterns),
+        (InvalidationKind::Tag, &notice.tags),
+    ];
+    for (kind, targets) in named {
+        if !targets.is_empty() {
+            c.invalidated(kind, targets.clone(), notice.from);
+        }
+    }
+    if notice.clear {
+        c.invalidated(InvalidationKind::Clear, Vec::new(), notice.from);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,12 +290,17 @@ mod tests {
             (n.from, n.tags.as_slice()),
             (ch.id, &["img:{a}".to_owned()][..])
         );
-        assert!(n.keys.is_empty() && !n.clear);
+        assert!(n.keys.is_empty() && !n.clear && !n.insert);
+        assert!(n.at > 0);
         let set = [("t:ns:k:{a}", &b"v"[..], Duration::from_secs(1))];
         let n: Notice = serde_json::from_slice(&ch.notice(&Change::Overwrite(&set))).unwrap();
         assert_eq!(n.keys, vec!["t:ns:k:{a}".to_owned()]);
+        assert!(n.insert, "an overwrite is not listed as an invalidation");
         let n: Notice =
             serde_json::from_slice(&ch.notice(&Change::Invalidate(Target::Clear))).unwrap();
         assert!(n.clear);
+        // Notices from versions without a timestamp still parse.
+        let old: Notice = serde_json::from_str(r#"{"from":7,"keys":["k"]}"#).unwrap();
+        assert_eq!((old.from, old.at, old.insert), (7, 0, false));
     }
 }

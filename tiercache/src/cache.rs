@@ -22,6 +22,7 @@ use crate::coalesce::Coalescer;
 use crate::codec::{Envelope, LEASE_BYTE, Sealed};
 use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
 use crate::error::{Error, Result};
+use crate::history::InvalidationRecord;
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
 use crate::local::Value;
 use crate::probe::TaskGuard;
@@ -638,7 +639,11 @@ impl Cache {
         }
         self.inner.counters.loader_run();
         let started = Instant::now();
-        let value = init.await.map_err(Arc::new)?;
+        let value = init.await;
+        self.inner
+            .counters
+            .loaded(started.elapsed(), value.is_err());
+        let value = value.map_err(Arc::new)?;
         let stored = self
             .fill(key, &ticket, guard.lease.as_ref(), &value, ttl)
             .await;
@@ -945,6 +950,22 @@ impl Cache {
     /// A snapshot of the statistics. The Redis-side fields (memory, evictions, key count) are
     /// `None` when Redis does not answer.
     pub async fn stats(&self) -> Stats {
+        let mut stats = self.stats_without_keys().await;
+        if stats.connected {
+            stats.keys = self
+                .coherence()
+                .remote
+                .count_matching(&self.inner.keys.namespace_pattern())
+                .await
+                .ok();
+        }
+        stats
+    }
+
+    /// [`stats`](Self::stats) without the key count (`keys` is `None`): one `INFO` (bounded by
+    /// the operation timeout, skipped while the breaker is open) and no SCAN, so it costs the
+    /// same whatever the namespace holds. For periodic sampling: metrics scrapes, alerts.
+    pub async fn stats_without_keys(&self) -> Stats {
         let mut stats = self.inner.counters.snapshot();
         stats.uptime = self.inner.started.elapsed();
         stats.mode = self.inner.mode.as_str();
@@ -957,14 +978,36 @@ impl Cache {
         if let Ok(info) = remote.info().await {
             stats.evicted_keys = info.evicted_keys;
             stats.used_memory_bytes = info.used_memory;
+            stats.maxmemory_bytes = info.maxmemory;
             stats.used_memory_human = info.used_memory_human;
-            stats.keys = remote
-                .count_matching(&self.inner.keys.namespace_pattern())
-                .await
-                .ok();
         }
         stats.connected = self.is_connected();
         stats
+    }
+
+    /// Up to `limit` of the last [`HISTORY_LEN`](crate::HISTORY_LEN) invalidations this
+    /// instance made or heard of, newest first.
+    ///
+    /// Other instances' invalidations are heard through the invalidation channel, to which only
+    /// a cache with an in-process tier subscribes: a cache without one lists its own only.
+    /// Overwrites (`insert`) are not listed.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: tiercache::Cache) {
+    /// for record in cache.recent_invalidations(10) {
+    ///     println!("{} {:?} by {}", record.kind.as_str(), record.targets, record.instance);
+    /// }
+    /// # }
+    /// ```
+    pub fn recent_invalidations(&self, limit: usize) -> Vec<InvalidationRecord> {
+        self.coherence().history.recent(limit)
+    }
+
+    /// This cache's instance id as 16 hex digits: random per built cache, carried by its
+    /// notices on the invalidation channel and by the records of
+    /// [`recent_invalidations`](Self::recent_invalidations).
+    pub fn instance_id(&self) -> String {
+        format!("{:016x}", self.coherence().channel.id())
     }
 
     /// The in-process tier's figures (`None` without a tier), without asking Redis anything:

@@ -108,6 +108,7 @@ use crate::bus::{Channel, Notice};
 use crate::clock::Clock;
 use crate::codec::Sealed;
 use crate::error::Result;
+use crate::history::{History, InvalidationKind};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Key, KeySpace, Pattern, Tag};
 use crate::local::{Entry, Local, Value};
@@ -311,7 +312,9 @@ pub(crate) struct Coherence {
     lease: TierLease,
     pub(crate) channel: Channel,
     pending: PendingInvalidations,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
+    /// The recent invalidations made here or heard of (see `history`).
+    pub(crate) history: History,
     lapses: AtomicU64,
     channel_losses: AtomicU64,
     /// Woken on every renewal of the lease (for [`catch_up`](Self::catch_up)).
@@ -348,6 +351,7 @@ impl Coherence {
             },
             channel,
             counters,
+            history: History::default(),
             lapses: AtomicU64::new(0),
             channel_losses: AtomicU64::new(0),
             renewed: tokio::sync::Notify::new(),
@@ -676,6 +680,21 @@ impl Coherence {
     /// tier; returns how many keys it removed (entries of the tier, standalone). See the module
     /// docs for the order of steps and why; on failure the change is owed and replayed.
     pub(crate) async fn apply(&self, change: Change<'_>) -> Result<u64> {
+        if let Change::Invalidate(target) = change {
+            let (kind, targets) = match target {
+                Target::Keys(keys) => (
+                    InvalidationKind::Key,
+                    keys.iter().map(|k| (*k).to_owned()).collect(),
+                ),
+                Target::Pattern(p) => (InvalidationKind::Pattern, vec![p.as_str().to_owned()]),
+                Target::Tags(tags) => (
+                    InvalidationKind::Tag,
+                    tags.iter().map(|t| t.as_str().to_owned()).collect(),
+                ),
+                Target::Clear => (InvalidationKind::Clear, Vec::new()),
+            };
+            self.invalidated(kind, targets, self.channel.id());
+        }
         let dropped = self.invalidate_here(&change);
         if self.is_standalone() {
             return Ok(dropped);
@@ -759,7 +778,9 @@ impl Coherence {
             Change::Invalidate(Target::Clear) => p.record_clear(),
             Change::Overwrite(entries) => entries.iter().for_each(|(k, _, _)| p.record_key(k)),
         }
-        self.remote.breaker.trip();
+        if self.remote.breaker.trip() {
+            self.counters.breaker_trip();
+        }
     }
 
     /// Replays what is owed to Redis (and the notices), ignoring the breaker: for recovery,
@@ -797,6 +818,14 @@ impl Coherence {
         if notice.clear {
             self.invalidate_here(&Change::Invalidate(Target::Clear));
         }
+    }
+
+    /// Records an invalidation made by instance `from` (this one or another) in the history
+    /// and the counters.
+    pub(crate) fn invalidated(&self, kind: InvalidationKind, targets: Vec<String>, from: u64) {
+        let own = from == self.channel.id();
+        self.counters.invalidation(kind, own);
+        self.history.record(kind, targets, from, own);
     }
 
     /// Drops the whole tier (a new session): after an unreadable notice (whatever it said is
@@ -867,6 +896,7 @@ impl Coherence {
         self.invalidate_tier();
         if counted {
             self.channel_losses.fetch_add(1, SeqCst);
+            self.counters.channel_loss();
         }
     }
 
@@ -929,7 +959,7 @@ mod tests {
     /// the connection manager is created (lazily) on it.
     fn coherence(scope: Scope) -> Coherence {
         let keys = KeySpace::new("t", "ns").unwrap();
-        let counters = Arc::new(Counters::new([]));
+        let counters = Arc::new(Counters::new("t:ns", []));
         let remote = Remote::new(
             crate::remote::RemoteConfig {
                 info: redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1")

@@ -335,6 +335,12 @@ impl KeySpace {
         &self.prefix
     }
 
+    /// `"{env}:{namespace}"`: the prefix without its last colon, the `namespace` label of this
+    /// cache's metrics.
+    pub fn label(&self) -> &str {
+        self.prefix.strip_suffix(':').unwrap_or(&self.prefix)
+    }
+
     /// The key for `category` and `parts`. Parts may be any untrusted text.
     pub fn key<I, P>(&self, category: &Category, parts: I) -> Key
     where

@@ -51,7 +51,9 @@
 //! - `coalesce`: one loader per key at a time; `clock`: the tier's cheap clock.
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
 //!   jitter; `codec`: the versioned, optionally compressed value envelope.
-//! - `stats`: counters and the [`Stats`] snapshot; `error`: [`Error`].
+//! - `stats`: counters, the metrics they report (a table in its docs) and the [`Stats`]
+//!   snapshot; `history`: the recent invalidations ([`Cache::recent_invalidations`]);
+//!   `error`: [`Error`].
 //! - `macro_support`: what `#[cached]` expands to, exported hidden as `tiercache::__private`
 //!   (`macros` feature); its module docs define the default key and how errors are returned.
 //!
@@ -130,6 +132,7 @@ mod coalesce;
 mod codec;
 mod coherence;
 mod error;
+mod history;
 mod invalidation;
 mod key;
 mod local;
@@ -147,6 +150,7 @@ pub use cache::{Cache, CacheStatus, Mode};
 pub use codec::{Codec, ENVELOPE_VERSION};
 pub use coherence::DEFAULT_LOCAL_LEASE;
 pub use error::{Error, Result};
+pub use history::{HISTORY_LEN, InvalidationKind, InvalidationRecord};
 pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, MAX_TAGS, Pattern, Tag};
 pub use stats::{CategoryStats, LocalStats, Stats};

@@ -71,7 +71,9 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
             // Changes recorded while we were closing are applied now; callers that record one
             // after this point see the breaker closed and apply it themselves.
             if coherence.owes() && coherence.replay().await.is_err() {
-                remote.breaker.trip();
+                if remote.breaker.trip() {
+                    coherence.counters.breaker_trip();
+                }
                 continue;
             }
             tracing::info!(

@@ -50,6 +50,7 @@ pub(crate) enum Via {
 pub(crate) struct ServerInfo {
     pub(crate) evicted_keys: Option<u64>,
     pub(crate) used_memory: Option<u64>,
+    pub(crate) maxmemory: Option<u64>,
     pub(crate) used_memory_human: Option<String>,
 }
 
@@ -225,7 +226,10 @@ impl Remote {
             Via::Recovery => self.connect_timeout,
         };
         let conn = ConnectionManager::clone(&self.conn.load());
-        match tokio::time::timeout(limit, f(conn)).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(limit, f(conn)).await;
+        self.counters.redis_call(started.elapsed());
+        match outcome {
             Ok(Ok(v)) => {
                 self.breaker.record_success();
                 Ok(v)
@@ -250,6 +254,7 @@ impl Remote {
             tracing::warn!(op, error = %err, suppressed, addr = %self.addr, "redis call failed; serving without the cache");
         }
         if err.is_unreachable() && self.breaker.record_failure() {
+            self.counters.breaker_trip();
             tracing::warn!(addr = %self.addr, "circuit breaker opened: redis calls paused until it answers again");
         }
     }
@@ -839,6 +844,7 @@ fn parse_info(text: &str) -> ServerInfo {
         match k {
             "evicted_keys" => out.evicted_keys = v.parse().ok(),
             "used_memory" => out.used_memory = v.parse().ok(),
+            "maxmemory" => out.maxmemory = v.parse().ok(),
             "used_memory_human" => out.used_memory_human = Some(v.to_owned()),
             _ => {}
         }
@@ -852,12 +858,13 @@ mod tests {
 
     #[test]
     fn info_fields_are_parsed() {
-        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# Stats\r\nevicted_keys:7\r\n";
+        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\n# Stats\r\nevicted_keys:7\r\n";
         assert_eq!(
             parse_info(text),
             ServerInfo {
                 evicted_keys: Some(7),
                 used_memory: Some(1_048_576),
+                maxmemory: Some(0),
                 used_memory_human: Some("1.00M".into()),
             }
         );

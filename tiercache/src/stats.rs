@@ -5,17 +5,41 @@
 //! cores counting at once do not fight over one line. Per-category counters live in a list built
 //! once from the TTL table that never changes (a handful of categories: a scan of short names is
 //! cheaper than hashing). Categories outside the table share an `other` slot.
-//! Every counter is also reported through the `metrics` facade (`tiercache_hits_total{category}`,
-//! `tiercache_misses_total{category}`, `tiercache_sets_total`, `tiercache_deletes_total`,
-//! `tiercache_errors_total`, `tiercache_timeouts_total`, `tiercache_short_circuits_total`,
-//! `tiercache_loader_runs_total`, `tiercache_local_hits_total`, `tiercache_tag_invalidations_total`),
-//! so an application that installs a recorder before building the cache gets the same numbers.
+//!
+//! # Metrics
+//! Every event is also reported through the `metrics` facade, so that an application that
+//! installs a recorder (Prometheus, StatsD, OpenTelemetry: its choice) gets the same numbers.
+//! Every series carries `namespace="{env}:{namespace}"`, which tells two caches of one process
+//! apart. The events counted here (states such as the tier's size or Redis's memory are sampled
+//! by whoever exports them, from [`Cache::stats`](crate::Cache::stats)):
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `tiercache_hits_total` | counter | `category`, `tier` (`local`, `redis`) | reads answered by the cache, by the tier that answered |
+//! | `tiercache_misses_total` | counter | `category` | reads that found nothing usable |
+//! | `tiercache_loads_total` | counter | | loader runs (`get_with`, `try_get_with`) |
+//! | `tiercache_load_errors_total` | counter | | loader runs that returned an error |
+//! | `tiercache_load_duration_seconds` | histogram | | time a loader took |
+//! | `tiercache_redis_call_duration_seconds` | histogram | | time of each Redis call (a round trip, a pipeline or a SCAN page), failures and timeouts included |
+//! | `tiercache_sets_total` | counter | | values written |
+//! | `tiercache_deletes_total` | counter | | keys removed by invalidations |
+//! | `tiercache_invalidations_total` | counter | `kind` (`key`, `tag`, `pattern`, `clear`), `origin` (`own`, `peer`) | invalidations made here, or heard from another instance |
+//! | `tiercache_errors_total` | counter | | Redis calls that failed (timeouts included), values that could not be encoded |
+//! | `tiercache_timeouts_total` | counter | | Redis calls that hit the operation timeout |
+//! | `tiercache_short_circuits_total` | counter | | calls skipped because the breaker was open |
+//! | `tiercache_breaker_trips_total` | counter | | times the circuit breaker opened |
+//! | `tiercache_channel_losses_total` | counter | | times the invalidation channel was lost |
+//! | `tiercache_invalidation_lag_seconds` | histogram | | publication to arrival of another instance's notice, on this instance's clock |
+//!
+//! Handles are registered when the cache is built: a recorder installed after that is not
+//! seen by this cache (its handles are no-ops).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::history::InvalidationKind;
 use crate::key::Category;
 
 /// A point-in-time view of a cache's statistics, from [`Cache::stats`](crate::Cache::stats).
@@ -42,6 +66,9 @@ pub struct Stats {
     pub timeouts: u64,
     /// Calls skipped because the circuit breaker was open.
     pub short_circuits: u64,
+    /// Redis calls made (round trips: a command, a pipeline, a SCAN page), failed ones
+    /// included: the denominator of an error rate.
+    pub redis_calls: u64,
     /// Loader runs by `get_with` / `try_get_with`.
     pub loader_runs: u64,
     /// Hits and misses per category.
@@ -50,6 +77,10 @@ pub struct Stats {
     pub evicted_keys: Option<u64>,
     /// `used_memory` from Redis `INFO memory`, in bytes.
     pub used_memory_bytes: Option<u64>,
+    /// `maxmemory` from Redis `INFO memory`, in bytes: the limit above which Redis evicts (or
+    /// refuses writes, by its policy). `Some(0)` means no limit is set (Redis's own way of
+    /// saying it); `None` when Redis did not answer.
+    pub maxmemory_bytes: Option<u64>,
     /// `used_memory_human` from Redis `INFO memory`, such as `1.05M`.
     pub used_memory_human: Option<String>,
     /// Keys in this cache's namespace, counted with SCAN (never blocks Redis).
@@ -146,17 +177,20 @@ struct CategoryCounters {
     local_hits: Striped,
     misses: Striped,
     hits_metric: metrics::Counter,
+    local_hits_metric: metrics::Counter,
     misses_metric: metrics::Counter,
 }
 
 impl CategoryCounters {
-    fn new(label: Cow<'static, str>) -> Self {
+    fn new(namespace: &str, label: Cow<'static, str>) -> Self {
+        let ns = namespace.to_owned();
         Self {
             hits: Striped::new(),
             local_hits: Striped::new(),
             misses: Striped::new(),
-            hits_metric: metrics::counter!("tiercache_hits_total", "category" => label.clone()),
-            misses_metric: metrics::counter!("tiercache_misses_total", "category" => label),
+            hits_metric: metrics::counter!("tiercache_hits_total", "namespace" => ns.clone(), "category" => label.clone(), "tier" => "redis"),
+            local_hits_metric: metrics::counter!("tiercache_hits_total", "namespace" => ns.clone(), "category" => label.clone(), "tier" => "local"),
+            misses_metric: metrics::counter!("tiercache_misses_total", "namespace" => ns, "category" => label),
         }
     }
 
@@ -176,10 +210,10 @@ struct Counted {
 }
 
 impl Counted {
-    fn new(name: &'static str) -> Self {
+    fn new(name: &'static str, namespace: &str) -> Self {
         Self {
             value: AtomicU64::new(0),
-            metric: metrics::counter!(name),
+            metric: metrics::counter!(name, "namespace" => namespace.to_owned()),
         }
     }
 
@@ -207,31 +241,78 @@ pub(crate) struct Counters {
     timeouts: Counted,
     short_circuits: Counted,
     loader_runs: Counted,
-    local_hits_metric: metrics::Counter,
-    tag_invalidations: Counted,
+    tag_invalidations: AtomicU64,
+    /// One add per Redis call (a round trip costs microseconds; one line is no contention).
+    redis_calls: AtomicU64,
     /// Fixed at build time: no lock is needed to find a category's counters.
     categories: Vec<(Category, CategoryCounters)>,
     other: CategoryCounters,
+    /// Handles of the events that have no [`Stats`] field.
+    metrics: Metrics,
+}
+
+/// Metrics handles of events counted nowhere else.
+#[derive(Debug)]
+struct Metrics {
+    load_errors: metrics::Counter,
+    load_duration: metrics::Histogram,
+    redis_call: metrics::Histogram,
+    breaker_trips: metrics::Counter,
+    channel_losses: metrics::Counter,
+    propagation_lag: metrics::Histogram,
+    /// By kind (in [`InvalidationKind`] order) and origin (own, peer).
+    invalidations: [[metrics::Counter; 2]; 4],
+}
+
+const KINDS: [InvalidationKind; 4] = [
+    InvalidationKind::Key,
+    InvalidationKind::Tag,
+    InvalidationKind::Pattern,
+    InvalidationKind::Clear,
+];
+
+impl Metrics {
+    fn new(namespace: &str) -> Self {
+        let ns = || namespace.to_owned();
+        Self {
+            load_errors: metrics::counter!("tiercache_load_errors_total", "namespace" => ns()),
+            load_duration: metrics::histogram!("tiercache_load_duration_seconds", "namespace" => ns()),
+            redis_call: metrics::histogram!("tiercache_redis_call_duration_seconds", "namespace" => ns()),
+            breaker_trips: metrics::counter!("tiercache_breaker_trips_total", "namespace" => ns()),
+            channel_losses: metrics::counter!("tiercache_channel_losses_total", "namespace" => ns()),
+            propagation_lag: metrics::histogram!("tiercache_invalidation_lag_seconds", "namespace" => ns()),
+            invalidations: KINDS.map(|kind| {
+                ["own", "peer"].map(|origin| {
+                    metrics::counter!("tiercache_invalidations_total", "namespace" => ns(), "kind" => kind.as_str(), "origin" => origin)
+                })
+            }),
+        }
+    }
 }
 
 const OTHER: &str = "other";
 
 impl Counters {
-    pub(crate) fn new<'a>(categories: impl IntoIterator<Item = &'a Category>) -> Self {
+    /// Counters of the cache whose metrics carry `namespace` (`{env}:{namespace}`).
+    pub(crate) fn new<'a>(
+        namespace: &str,
+        categories: impl IntoIterator<Item = &'a Category>,
+    ) -> Self {
         Self {
-            sets: Counted::new("tiercache_sets_total"),
-            deletes: Counted::new("tiercache_deletes_total"),
-            errors: Counted::new("tiercache_errors_total"),
-            timeouts: Counted::new("tiercache_timeouts_total"),
-            short_circuits: Counted::new("tiercache_short_circuits_total"),
-            loader_runs: Counted::new("tiercache_loader_runs_total"),
-            local_hits_metric: metrics::counter!("tiercache_local_hits_total"),
-            tag_invalidations: Counted::new("tiercache_tag_invalidations_total"),
+            sets: Counted::new("tiercache_sets_total", namespace),
+            deletes: Counted::new("tiercache_deletes_total", namespace),
+            errors: Counted::new("tiercache_errors_total", namespace),
+            timeouts: Counted::new("tiercache_timeouts_total", namespace),
+            short_circuits: Counted::new("tiercache_short_circuits_total", namespace),
+            loader_runs: Counted::new("tiercache_loads_total", namespace),
+            tag_invalidations: AtomicU64::new(0),
+            redis_calls: AtomicU64::new(0),
             categories: categories
                 .into_iter()
-                .map(|c| (c.clone(), CategoryCounters::new(c.label())))
+                .map(|c| (c.clone(), CategoryCounters::new(namespace, c.label())))
                 .collect(),
-            other: CategoryCounters::new(Cow::Borrowed(OTHER)),
+            other: CategoryCounters::new(namespace, Cow::Borrowed(OTHER)),
+            metrics: Metrics::new(namespace),
         }
     }
 
@@ -281,16 +362,48 @@ impl Counters {
     pub(crate) fn local_hit(&self, category: &Category) {
         let c = self.category(category);
         c.local_hits.add(1);
-        c.hits_metric.increment(1);
-        self.local_hits_metric.increment(1);
+        c.local_hits_metric.increment(1);
     }
 
     pub(crate) fn loader_run(&self) {
         self.loader_runs.add(1);
     }
 
+    /// A loader finished after `took`, with an error or not.
+    pub(crate) fn loaded(&self, took: Duration, failed: bool) {
+        self.metrics.load_duration.record(took.as_secs_f64());
+        if failed {
+            self.metrics.load_errors.increment(1);
+        }
+    }
+
+    /// A Redis call took `took` (whatever its outcome).
+    pub(crate) fn redis_call(&self, took: Duration) {
+        self.redis_calls.fetch_add(1, Relaxed);
+        self.metrics.redis_call.record(took.as_secs_f64());
+    }
+
+    pub(crate) fn breaker_trip(&self) {
+        self.metrics.breaker_trips.increment(1);
+    }
+
+    pub(crate) fn channel_loss(&self) {
+        self.metrics.channel_losses.increment(1);
+    }
+
+    /// Another instance's notice arrived `lag` after it was published.
+    pub(crate) fn propagation_lag(&self, lag: Duration) {
+        self.metrics.propagation_lag.record(lag.as_secs_f64());
+    }
+
+    /// An invalidation, made here (`own`) or heard of.
+    pub(crate) fn invalidation(&self, kind: InvalidationKind, own: bool) {
+        let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.metrics.invalidations[i][usize::from(!own)].increment(1);
+    }
+
     pub(crate) fn tag_invalidations(&self, n: u64) {
-        self.tag_invalidations.add(n);
+        self.tag_invalidations.fetch_add(n, Relaxed);
     }
 
     /// The counter part of a snapshot; the caller fills in what comes from Redis.
@@ -327,7 +440,8 @@ impl Counters {
                 .chain(std::iter::once(&self.other))
                 .map(|c| c.local_hits.get())
                 .sum(),
-            tag_invalidations: self.tag_invalidations.get(),
+            tag_invalidations: self.tag_invalidations.load(Relaxed),
+            redis_calls: self.redis_calls.load(Relaxed),
             categories,
             ..Stats::default()
         }
@@ -342,7 +456,7 @@ mod tests {
 
     #[test]
     fn snapshot_reflects_counts_and_rate() {
-        let c = Counters::new([&SCAN_RESULTS]);
+        let c = Counters::new("t:ns", [&SCAN_RESULTS]);
         c.hit(&SCAN_RESULTS);
         c.hit(&SCAN_RESULTS);
         c.miss(&SCAN_RESULTS);
@@ -356,6 +470,6 @@ mod tests {
             CategoryStats { hits: 2, misses: 1 }
         );
         assert_eq!(s.categories["other"], CategoryStats { hits: 0, misses: 1 });
-        assert_eq!(Counters::new([]).snapshot().hit_rate, 0.0);
+        assert_eq!(Counters::new("t:ns", []).snapshot().hit_rate, 0.0);
     }
 }

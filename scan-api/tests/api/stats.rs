@@ -69,6 +69,8 @@ async fn hits_and_misses_move_exactly_as_the_requests(mode: Mode) {
     if mode == Mode::Redis {
         assert_eq!(after["total_keys"].as_u64().unwrap(), n + 1);
         assert_eq!(after["connected"], true);
+        // The test's redis-server runs without a limit: Redis says 0.
+        assert_eq!(after["maxmemory_bytes"], 0, "{after}");
         for field in ["memory_used", "memory_used_bytes", "evictions"] {
             assert!(!after[field].is_null(), "{field} in {after}");
         }
@@ -85,6 +87,7 @@ async fn hits_and_misses_move_exactly_as_the_requests(mode: Mode) {
             "total_keys",
             "memory_used",
             "memory_used_bytes",
+            "maxmemory_bytes",
             "evictions",
         ] {
             assert!(after[field].is_null(), "{field} in {after}");

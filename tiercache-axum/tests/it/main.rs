@@ -9,4 +9,5 @@
 
 mod helpers;
 
+mod invalidations;
 mod response_cache;
