@@ -12,6 +12,7 @@ mod helpers;
 
 mod admin;
 mod consistency;
+mod dashboard;
 mod deploy;
 mod errors;
 mod faults;

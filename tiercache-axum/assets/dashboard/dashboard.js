@@ -195,10 +195,10 @@
       const what = targets.length ? targets.join(", ") : r.kind === "clear" ? "everything" : "–";
       const by = r.own ? "this instance" : String(r.instance || "?");
       return el("tr", { "data-kind": String(r.kind), "data-own": String(!!r.own) },
-        el("td", { title: String(r.at || "") }, isFinite(at) ? `${clock(at)} · ${ago(at)}` : "–"),
+        el("td", { class: "nowrap", title: String(r.at || "") }, isFinite(at) ? `${clock(at)} · ${ago(at)}` : "–"),
         el("td", { class: "text" }, String(r.kind)),
         el("td", { class: "text", "data-field": "targets" }, what),
-        el("td", { class: "text", "data-field": "instance" }, by));
+        el("td", { class: "text nowrap", "data-field": "instance" }, by));
     }));
   }
 
