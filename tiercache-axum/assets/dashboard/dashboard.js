@@ -110,7 +110,8 @@
     fig("errors", `${int(errors)} · ${int(timeouts)}`, errors);
     fig("uptime", duration(num(s.uptime)), num(s.uptime));
 
-    // The breaker, as the service reports it; without a report, what `connected` implies.
+    // The breaker: as reported if the service reports it, else from `connected`, which
+    // tiercache defines as "Redis mode and the breaker closed".
     const b = s.breaker ?? null;
     const state = b && typeof b === "object" ? b.state : b;
     const shorts = num(s.short_circuits);
