@@ -204,7 +204,18 @@ async fn renders_the_live_figures_in_a_real_browser() {
     // The health, the alerts and the invalidations rendered.
     assert_eq!(page.attribute_of("conn", "data-state"), "live");
     assert_eq!(page.figure("redis").state.as_deref(), Some("ok"));
-    assert_eq!(page.figure("channel").text, "live");
+    // The in-process tier's channel: live, or not, as the bracketing answers say (its lease is
+    // short, so a starved machine may see it lapse; the page must say which).
+    let channel = page.figure("channel");
+    let live = [&before.0, stats].map(|s| s["local"]["live"].as_bool().unwrap());
+    assert!(
+        live.contains(&(channel.text == "live")),
+        "channel {channel:?}, live: {live:?}"
+    );
+    assert_eq!(
+        channel.state.as_deref(),
+        Some(if channel.text == "live" { "ok" } else { "bad" })
+    );
     // The alerts the page lists are those of the health answers bracketing its polls (the
     // same, unless one started or cleared meanwhile: then the page shows one or the other).
     let names = |health: &Value| -> Vec<String> {
