@@ -86,7 +86,8 @@
 
     const used = num(s.memory_used_bytes ?? s.used_memory_bytes);
     const max = num(s.maxmemory_bytes ?? s.max_memory_bytes);
-    fig("used_memory", used === null ? "n/a" : bytes(used), used);
+    fig("used_memory", used === null ? "Redis memory not reported" : bytes(used), used);
+    $("#memline").classList.toggle("none", used === null);
     fig("maxmemory", max ? bytes(max) : s.connected ? "no limit" : "n/a", max);
     const share = used !== null && max ? used / max : null;
     fig("memory_pct", share === null ? "" : "(" + pct(share) + ")", share);
@@ -101,10 +102,10 @@
     fig("local_size", l ? bytes(num(l.size_bytes)) : "–", l ? num(l.size_bytes) : null);
     fig("local_evictions", l ? int(num(l.evictions)) : "–", l ? num(l.evictions) : null);
     fig("channel_losses", l ? int(num(l.channel_losses)) : "–", l ? num(l.channel_losses) : null);
-    if (!l) fig("channel", "no in-process tier", null, "unknown");
+    if (s.mode !== "redis") fig("channel", "not used", null, "unknown");
+    else if (!l) fig("channel", "not used (no in-process tier)", null, "unknown");
     else if (l.live) fig("channel", "live", null, "ok");
-    else fig("channel", s.mode === "standalone" ? "none (standalone)" : "not live: tier bypassed", null,
-      s.mode === "standalone" ? "unknown" : "bad");
+    else fig("channel", "not live: tier bypassed", null, "bad");
 
     const errors = num(s.errors), timeouts = num(s.timeouts);
     fig("errors", `${int(errors)} · ${int(timeouts)}`, errors);
@@ -152,7 +153,7 @@
       const ms = num(h.latency_ms);
       fig("redis", up ? "up" + (ms === null ? "" : ` · ${ms.toFixed(2)} ms`) : "down" + (h.error ? ": " + h.error : ""),
         null, up ? "ok" : "bad");
-    } else fig("redis", h.mode === "standalone" ? "not used (standalone)" : "cache disabled", null,
+    } else fig("redis", h.mode === "standalone" ? "not used" : "cache disabled", null,
       h.mode === "standalone" ? "unknown" : "bad");
     if (h.breaker !== undefined && typeof h.breaker === "string") fig("breaker", h.breaker, null, h.breaker === "closed" ? "ok" : "bad");
 
@@ -247,7 +248,7 @@
     for (const series of ["total", "interval"]) {
       const pts = samples.filter((p) => p[series] !== null).map((p) => [x(p.t), y(p[series])]);
       if (pts.length > 1) nodes.push(svg("polyline", { class: series, points: pts.map((p) => p.join(",")).join(" ") }));
-      for (const [cx, cy] of pts) nodes.push(svg("circle", { class: series, "data-series": series, cx, cy, r: series === "total" ? 3 : 2.5 }));
+      for (const [cx, cy] of pts) nodes.push(svg("circle", { class: series, "data-series": series, cx, cy, r: (series === "total" ? 3 : 2.5) * (pts.length > 40 ? 0.5 : 1) }));
     }
     chart.replaceChildren(...nodes);
     chart.dataset.points = String(samples.length);
