@@ -6,6 +6,7 @@
 //! stats are read before and after the page's polls, so both reads bracket what the page saw.
 //! It saves screenshots at 1280×800 and 390×844 under `<target>/dashboard/`. A second test puts
 //! a gateway in front that stops answering: the page says "unreachable" and keeps the figures.
+//! A third attaches an alert evaluator with thresholds the figures cross: the page lists both.
 //!
 //! The browser runs through its command line: `--dump-dom` and `--screenshot`, each with a
 //! `--virtual-time-budget`. Virtual time runs the page's timers without waiting for them in
@@ -341,6 +342,69 @@ async fn keeps_the_last_figures_when_the_service_becomes_unreachable() {
         .assert_rate(stats["hit_rate"].as_f64().unwrap(), "hit_rate");
     assert_eq!(page.attribute_of("chart", "data-points"), "2");
     assert_eq!(page.figure("redis").state.as_deref(), Some("ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_the_active_alerts() {
+    use tiercache_axum::alerts::{AlertConfig, Alerts, HIT_RATIO_LOW, REDIS_MEMORY_HIGH};
+
+    let chromium = chromium();
+    let env = TestEnv::new(Db::Sqlite);
+    env.redis
+        .command(&["CONFIG", "SET", "maxmemory", "67108864"])
+        .unwrap();
+    let app = env.app().await;
+    // Thresholds that the figures below cross: any memory at all, any miss, from one read on;
+    // a window longer than the test, so neither clears while the page polls.
+    let alerts = Alerts::spawn(
+        app.cache.clone(),
+        AlertConfig::default()
+            .interval(Duration::from_millis(50))
+            .window(Duration::from_secs(600))
+            .memory_ratio(0.001)
+            .hit_ratio_min(1.0)
+            .min_reads(1),
+    )
+    .unwrap();
+    let router = axum::Router::new()
+        .merge(tiercache_axum::dashboard::router())
+        .merge(tiercache_axum::admin::router(
+            tiercache_axum::admin::Admin::new(app.cache.clone(), None).alerts(alerts.clone()),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(scan_api::run(listener, router, std::future::pending()));
+    wait_until(Duration::from_secs(10), "both alerts", || async {
+        // A miss and a hit, until the evaluator has seen them.
+        app.get("/api/images").await;
+        alerts.active().len() == 2
+    })
+    .await;
+
+    let dom = run_chromium(
+        &chromium,
+        vec![
+            "--virtual-time-budget=2000".into(),
+            "--dump-dom".into(),
+            format!("{base}/dashboard?refresh=0.5"),
+        ],
+    )
+    .await;
+    server.abort();
+    let page = Page::parse(&dom);
+    let mut listed = page.alerts.clone();
+    listed.sort();
+    assert_eq!(listed, [HIT_RATIO_LOW, REDIS_MEMORY_HIGH]);
+    assert_eq!(page.attribute_of("alert-list", "data-state"), "active");
+    // Each with its message (whose figures move with the window: compared up to the first)
+    // and its threshold.
+    for alert in alerts.active() {
+        let words = &alert.message[..alert.message.find(|c: char| c.is_ascii_digit()).unwrap()];
+        assert!(dom.contains(words), "{} shown", alert.message);
+    }
+    for threshold in ["threshold 1 ", "threshold 0.001 "] {
+        assert!(dom.contains(threshold), "{threshold} shown");
+    }
 }
 
 /// `/api/cache/stats` and `/api/cache/health`.
