@@ -124,6 +124,41 @@ pub struct Serve {
     /// Largest response body cached, in bytes; larger responses stream through uncached.
     #[arg(long, env = "CACHE_MAX_RESPONSE_BYTES", default_value_t = crate::cache_policy::MAX_RESPONSE_BYTES)]
     pub cache_max_body: usize,
+    /// Alert thresholds.
+    #[command(flatten)]
+    pub alerts: AlertSettings,
+}
+
+/// Thresholds of the cache alerts (see `tiercache_axum::alerts`); the defaults are the design's.
+#[derive(Debug, Args, Clone)]
+pub struct AlertSettings {
+    /// Alert when Redis uses more than this share of its maxmemory (never without a maxmemory).
+    #[arg(long, env = "ALERT_MEMORY_RATIO", default_value_t = 0.8)]
+    pub alert_memory_ratio: f64,
+    /// Alert when the hit ratio over the window falls below this (once it saw 100 reads).
+    #[arg(long, env = "ALERT_HIT_RATIO_MIN", default_value_t = 0.6)]
+    pub alert_hit_ratio_min: f64,
+    /// Alert when more than this share of Redis calls fail over the window (once it saw 100).
+    #[arg(long, env = "ALERT_ERROR_RATE_MAX", default_value_t = 0.01)]
+    pub alert_error_rate_max: f64,
+    /// The window of the hit ratio and the error rate, in seconds.
+    #[arg(long, env = "ALERT_WINDOW_SECS", default_value_t = 300)]
+    pub alert_window_secs: u64,
+    /// How often the alerts are evaluated, in seconds.
+    #[arg(long, env = "ALERT_INTERVAL_SECS", default_value_t = 5)]
+    pub alert_interval_secs: u64,
+}
+
+impl AlertSettings {
+    /// The evaluator's configuration.
+    pub fn config(&self) -> tiercache_axum::alerts::AlertConfig {
+        tiercache_axum::alerts::AlertConfig::default()
+            .memory_ratio(self.alert_memory_ratio)
+            .hit_ratio_min(self.alert_hit_ratio_min)
+            .error_rate_max(self.alert_error_rate_max)
+            .window(std::time::Duration::from_secs(self.alert_window_secs))
+            .interval(std::time::Duration::from_secs(self.alert_interval_secs))
+    }
 }
 
 impl Serve {

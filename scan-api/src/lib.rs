@@ -45,6 +45,7 @@ use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tiercache::Cache;
+use tiercache_axum::alerts::{AlertConfig, Alerts};
 use tiercache_axum::{admin, dashboard};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -65,9 +66,32 @@ pub struct AppState {
     pub cache_max_body: usize,
 }
 
-/// The whole HTTP API: the resources, the cache admin routes, JSON errors everywhere.
+/// The whole HTTP API: the resources, the cache admin routes and dashboard, `/metrics`, JSON
+/// errors everywhere; cache alerts with the default thresholds.
 pub fn app(state: AppState, admin_token: Option<String>) -> Router {
-    let admin = admin::Admin::new(state.cache.clone(), admin_token);
+    app_with_alerts(state, admin_token, AlertConfig::default())
+}
+
+/// [`app`] with the given alert thresholds. Starts the alert evaluator (so it needs a tokio
+/// runtime) and mounts `GET /metrics` on the process's Prometheus recorder (installed here if
+/// `main` did not: install it before building the cache, whose metrics handles are taken then).
+pub fn app_with_alerts(
+    state: AppState,
+    admin_token: Option<String>,
+    alerts: AlertConfig,
+) -> Router {
+    let mut admin = admin::Admin::new(state.cache.clone(), admin_token);
+    match Alerts::spawn(state.cache.clone(), alerts) {
+        Ok(alerts) => admin = admin.alerts(alerts),
+        Err(e) => tracing::error!(error = %e, "cache alerts are off"),
+    }
+    let metrics = match tiercache_axum::metrics::install() {
+        Ok(handle) => tiercache_axum::metrics::router(handle, state.cache.clone()),
+        Err(e) => {
+            tracing::error!(error = %e, "GET /metrics is off");
+            Router::new()
+        }
+    };
     let limit = state.body_limit;
     let policies = cache_policy::Policies::new(state.cache.clone(), state.cache_max_body);
     Router::new()
@@ -77,16 +101,29 @@ pub fn app(state: AppState, admin_token: Option<String>) -> Router {
         .merge(routes::insights::router(&policies))
         .merge(routes::health::router())
         .merge(admin::router(admin))
+        .merge(metrics)
         .merge(dashboard::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(json_errors))
         // 5xx causes are logged once where they happen (AppError); a 503 from the cache health
         // route while Redis is away is an answer, not a failure worth an ERROR line each time.
+        // Each request's span records its cache outcome (HIT, MISS, BYPASS) in `cache`, filled
+        // by the response-cache layer (`tiercache_axum::response_cache::SPAN_FIELD`).
         .layer(
-            TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<Body>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        version = ?req.version(),
+                        cache = tracing::field::Empty,
+                    )
+                })
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
         .with_state(state)
 }

@@ -19,6 +19,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    // Before the cache is built: it takes its metrics handles from the recorder then.
+    tiercache_axum::metrics::install()?;
     // The cache first: its settings are checked before the database file is created.
     let purpose = match cli.command {
         None | Some(Command::Serve(_)) => Purpose::Serve,
@@ -35,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
     };
     match command {
         Command::Serve(serve) => {
+            let alerts = serve.alerts.config();
+            alerts.validate()?;
             let listener = tokio::net::TcpListener::bind(serve.bind)
                 .await
                 .with_context(|| format!("binding {}", serve.bind))?;
@@ -47,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             };
             scan_api::run(
                 listener,
-                scan_api::app(state, serve.admin_token),
+                scan_api::app_with_alerts(state, serve.admin_token, alerts),
                 shutdown_signal(),
             )
             .await?;

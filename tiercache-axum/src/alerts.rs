@@ -140,7 +140,9 @@ impl AlertConfig {
         self
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks the settings ([`Alerts::spawn`] does too): durations above zero, ratios from 0
+    /// to 1.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (setting, d) in [("interval", self.interval), ("window", self.window)] {
             if d.is_zero() {
                 return Err(ConfigError {
@@ -233,7 +235,7 @@ impl Drop for Shared {
 impl Alerts {
     /// Starts evaluating `config`'s conditions on `cache` (on the current tokio runtime).
     pub fn spawn(cache: Cache, config: AlertConfig) -> Result<Self, ConfigError> {
-        config.check()?;
+        config.validate()?;
         let active = Arc::new(Mutex::new(BTreeMap::new()));
         let task = tokio::spawn(evaluate_forever(cache, config, active.clone()));
         Ok(Self {
@@ -470,14 +472,14 @@ mod tests {
     fn settings_out_of_range_are_refused() {
         let e = AlertConfig::default()
             .memory_ratio(1.5)
-            .check()
+            .validate()
             .unwrap_err();
         assert_eq!(e.setting, "memory_ratio");
         let e = AlertConfig::default()
             .interval(Duration::ZERO)
-            .check()
+            .validate()
             .unwrap_err();
         assert_eq!(e.setting, "interval");
-        AlertConfig::default().check().unwrap();
+        AlertConfig::default().validate().unwrap();
     }
 }

@@ -34,6 +34,8 @@
 //!   alerts health lists.
 //! - `dashboard`: the dashboard page's routes; the page itself (HTML, CSS, JS) is in
 //!   `assets/dashboard/`.
+//! - `metrics`: the Prometheus recorder (installed once per process) and `GET /metrics`, with
+//!   the cache's states sampled at each scrape.
 //!
 //! # Feature flags
 //! None. axum is used with `default-features = false` and only the features the routes need.
@@ -41,4 +43,5 @@
 pub mod admin;
 pub mod alerts;
 pub mod dashboard;
+pub mod metrics;
 pub mod response_cache;

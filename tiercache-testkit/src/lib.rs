@@ -15,6 +15,8 @@
 //! - `fault_proxy`: [`FaultProxy`], a TCP proxy that can black-hole existing connections
 //!   (a peer that vanished without a reset) while new ones work.
 //! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
+//! - `exposition`: a strict parser of the Prometheus text format, for tests that scrape
+//!   `/metrics`.
 //! - `process`: free ports, signals to our own children, and [`wait_until`] for tests.
 //! - `postgres_server`: [`PostgresServer`], a private PostgreSQL cluster (`initdb` +
 //!   postmaster on a free loopback port) per test or shared by a test binary, with
@@ -51,6 +53,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod exposition;
 mod fault_proxy;
 mod logs;
 mod postgres_server;

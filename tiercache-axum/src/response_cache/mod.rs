@@ -53,6 +53,20 @@
 //! with the headers RFC 9110 asks for. Hits say `Age`. `Vary` is kept, and its headers are part
 //! of the key (declared with [`CachePolicy::vary`], or learned from a response's `Vary`).
 //!
+//! # Tracing
+//! The outcome of each request the layer sees (`HIT`, `MISS`, `BYPASS`: what `X-Cache` says) is
+//! recorded on the current span's field [`SPAN_FIELD`] (`cache`). A span records only fields it
+//! declared, so declare it, empty, where the request span is made:
+//!
+//! ```no_run
+//! use tower_http::trace::TraceLayer;
+//! let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+//!     tracing::info_span!("request", method = %req.method(), uri = %req.uri(),
+//!         cache = tracing::field::Empty)
+//! });
+//! # let _ = trace;
+//! ```
+//!
 //! Concurrent misses of one key run the route once ([`tiercache::Cache::try_get_with`]), and the
 //! core's stale-set guard keeps a response rendered before a purge from being stored after it.
 //!
@@ -78,3 +92,7 @@ pub use policy::{CachePolicy, DEFAULT_MAX_BODY, RequestView};
 pub use purge::{Purge, PurgeLayer, PurgeService};
 pub use service::ResponseCache;
 pub use stored::X_CACHE;
+
+/// The span field on which the layer records each request's cache outcome (see the module
+/// docs).
+pub const SPAN_FIELD: &str = "cache";

@@ -94,7 +94,18 @@ where
     fn call(&mut self, request: Request) -> ResponseFuture {
         let inner = self.inner.clone();
         let shared = self.shared.clone();
-        ResponseFuture::new(async move { Ok(shared.respond(inner, request).await) })
+        ResponseFuture::new(async move {
+            let response = shared.respond(inner, request).await;
+            // On the request's span (entered while this future is polled), if it declared it.
+            if let Some(outcome) = response
+                .headers()
+                .get(X_CACHE)
+                .and_then(|v| v.to_str().ok())
+            {
+                tracing::Span::current().record(super::SPAN_FIELD, outcome);
+            }
+            Ok(response)
+        })
     }
 }
 

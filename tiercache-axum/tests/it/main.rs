@@ -7,7 +7,11 @@
 // Tests unwrap freely: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod capture;
 mod helpers;
 
+mod alerts;
 mod invalidations;
+mod metrics;
 mod response_cache;
+mod spans;
