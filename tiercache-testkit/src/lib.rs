@@ -15,6 +15,7 @@
 //! - `fault_proxy`: [`FaultProxy`], a TCP proxy that can black-hole existing connections
 //!   (a peer that vanished without a reset) while new ones work.
 //! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
+//! - `capture`: [`capture()`], the events and spans one test logs, for tests of what is logged.
 //! - `exposition`: a strict parser of the Prometheus text format, for tests that scrape
 //!   `/metrics`.
 //! - `process`: free ports, signals to our own children, and [`wait_until`] for tests.
@@ -53,6 +54,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod capture;
 pub mod exposition;
 mod fault_proxy;
 mod logs;
@@ -60,6 +62,7 @@ mod postgres_server;
 mod process;
 mod redis_server;
 
+pub use capture::capture;
 pub use fault_proxy::FaultProxy;
 pub use logs::init_test_logs;
 pub use postgres_server::PostgresServer;

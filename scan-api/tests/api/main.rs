@@ -19,5 +19,6 @@ mod faults;
 mod fixtures;
 mod http_caching;
 mod latest;
+mod metrics;
 mod modes;
 mod stats;

@@ -60,7 +60,7 @@
 //!
 //! ```no_run
 //! use tower_http::trace::TraceLayer;
-//! let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+//! let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<axum::body::Body>| {
 //!     tracing::info_span!("request", method = %req.method(), uri = %req.uri(),
 //!         cache = tracing::field::Empty)
 //! });

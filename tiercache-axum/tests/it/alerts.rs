@@ -16,8 +16,8 @@ use tiercache_testkit::RedisServer;
 use tiercache_testkit::exposition;
 use tracing::Level;
 
-use crate::capture::{Captured, capture};
 use crate::helpers::{PATIENCE, TestServer, builder, serve, wait_until};
+use tiercache_testkit::capture::{Captured, capture};
 
 const THINGS: Category = Category::from_static("things");
 

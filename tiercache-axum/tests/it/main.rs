@@ -7,7 +7,6 @@
 // Tests unwrap freely: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod capture;
 mod helpers;
 
 mod alerts;

@@ -8,8 +8,8 @@ use tiercache_axum::response_cache::{CachePolicy, ResponseCacheLayer, SPAN_FIELD
 use tiercache_testkit::RedisServer;
 use tower_http::trace::TraceLayer;
 
-use crate::capture::capture;
 use crate::helpers::{cache_in, serve};
+use tiercache_testkit::capture;
 
 const PAGES: Category = Category::from_static("pages");
 

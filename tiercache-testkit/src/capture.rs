@@ -1,10 +1,11 @@
-//! A `tracing` layer that keeps the events and spans of one test, installed as the thread's
-//! default subscriber: tests that read it run on a current-thread runtime, so every task they
-//! spawn (the server, the cache's and the evaluator's tasks) logs through it.
+//! [`capture`]: a `tracing` layer that keeps the events and spans of one test, installed as the
+//! thread's default subscriber. Tests that read it run on a current-thread runtime, so that
+//! every task they spawn (a server, a cache's background tasks) logs through it too; tests that
+//! run in parallel each see only their own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -13,18 +14,23 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
-/// One event: its level and fields (`message` included).
+/// One event: its level and fields (`message` included), each as text.
 #[derive(Clone, Debug)]
-pub(crate) struct Logged {
-    pub(crate) level: Level,
-    pub(crate) fields: BTreeMap<String, String>,
+pub struct Logged {
+    /// The event's level.
+    pub level: Level,
+    /// Its fields by name, the message as `message`.
+    pub fields: BTreeMap<String, String>,
 }
 
 /// One span: its name and its fields as last recorded.
 #[derive(Clone, Debug)]
-pub(crate) struct Spanned {
-    pub(crate) name: &'static str,
-    pub(crate) fields: BTreeMap<String, String>,
+pub struct Spanned {
+    /// The span's name.
+    pub name: &'static str,
+    /// Its fields by name, as last recorded (a field declared empty and never recorded is
+    /// absent).
+    pub fields: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -37,15 +43,25 @@ struct Store {
 
 /// What the thread logged since [`capture`].
 #[derive(Clone, Default)]
-pub(crate) struct Captured(Arc<Mutex<Store>>);
+pub struct Captured(Arc<Mutex<Store>>);
 
 impl Captured {
-    pub(crate) fn events(&self) -> Vec<Logged> {
-        self.0.lock().unwrap().events.clone()
+    /// Every event logged so far, in order.
+    pub fn events(&self) -> Vec<Logged> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .events
+            .clone()
     }
 
-    pub(crate) fn spans(&self) -> Vec<Spanned> {
-        self.0.lock().unwrap().spans.clone()
+    /// Every span opened so far, in order.
+    pub fn spans(&self) -> Vec<Spanned> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spans
+            .clone()
     }
 }
 
@@ -65,7 +81,7 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
         let mut fields = BTreeMap::new();
         attrs.record(&mut Fields(&mut fields));
-        let mut store = self.0.lock().unwrap();
+        let mut store = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         store.spans.push(Spanned {
             name: attrs.metadata().name(),
             fields,
@@ -75,7 +91,7 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        let mut store = self.0.lock().unwrap();
+        let mut store = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(&i) = store.open.get(&id.into_u64()) {
             values.record(&mut Fields(&mut store.spans[i].fields));
         }
@@ -84,15 +100,19 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().events.push(Logged {
-            level: *event.metadata().level(),
-            fields,
-        });
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .events
+            .push(Logged {
+                level: *event.metadata().level(),
+                fields,
+            });
     }
 }
 
 /// Captures what this thread logs until the guard drops.
-pub(crate) fn capture() -> (Captured, DefaultGuard) {
+pub fn capture() -> (Captured, DefaultGuard) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     (captured, tracing::subscriber::set_default(subscriber))
