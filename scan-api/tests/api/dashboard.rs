@@ -74,7 +74,7 @@ async fn renders_the_live_figures_in_a_real_browser() {
             round
         }
     });
-    wait_until(Duration::from_secs(10), "some load", || async {
+    wait_until(Duration::from_secs(30), "some load", || async {
         app.cache.stats().await.misses > 10
     })
     .await;
