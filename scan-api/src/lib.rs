@@ -58,8 +58,8 @@ use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tiercache::Cache;
-use tiercache_axum::admin;
 use tiercache_axum::alerts::{AlertConfig, Alerts};
+use tiercache_axum::{admin, dashboard};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -79,8 +79,8 @@ pub struct AppState {
     pub cache_max_body: usize,
 }
 
-/// The whole HTTP API: the resources, the cache admin routes, `/metrics`, JSON errors
-/// everywhere; cache alerts with the default thresholds.
+/// The whole HTTP API: the resources, the cache admin routes and dashboard, `/metrics`, JSON
+/// errors everywhere; cache alerts with the default thresholds.
 pub fn app(state: AppState, admin_token: Option<String>) -> Router {
     app_with_alerts(state, admin_token, AlertConfig::default())
 }
@@ -116,6 +116,7 @@ pub fn app_with_alerts(
         .merge(routes::openapi::router())
         .merge(admin::router(admin))
         .merge(metrics)
+        .merge(dashboard::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(json_errors))

@@ -9,7 +9,8 @@
 //!
 //! [`admin::router`] serves statistics and health to monitoring, and clearing and key
 //! inspection to operators holding the admin token. It returns a `Router<S>` for any state `S`,
-//! so it merges into an application's router as it is.
+//! so it merges into an application's router as it is. [`dashboard::router`] serves a live
+//! page drawn from those JSON routes, with every asset embedded in the binary.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -31,6 +32,8 @@
 //!   errors; `admin/openapi.rs` their OpenAPI description (feature `openapi`).
 //! - `alerts`: the alert evaluator (memory, hit ratio, error rate, disconnection) whose active
 //!   alerts health lists.
+//! - `dashboard`: the dashboard page's routes; the page itself (HTML, CSS, JS) is in
+//!   `assets/dashboard/`.
 //! - `metrics`: the Prometheus recorder (installed once per process) and `GET /metrics`, with
 //!   the cache's states sampled at each scrape.
 //!
@@ -43,5 +46,6 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod dashboard;
 pub mod metrics;
 pub mod response_cache;

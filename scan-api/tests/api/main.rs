@@ -13,6 +13,7 @@ mod helpers;
 mod admin;
 mod cli;
 mod consistency;
+mod dashboard;
 mod deploy;
 mod errors;
 mod faults;
