@@ -1,5 +1,6 @@
-//! The admin routes as an OpenAPI document (feature `openapi`): [`openapi()`] returns it, for an
-//! application to merge into its own (`OpenApi::merge`).
+//! The routes tiercache-axum serves as an OpenAPI document (feature `openapi`): the admin routes,
+//! `GET /metrics` and the dashboard. [`openapi()`] returns it, for an application to merge into
+//! its own (`OpenApi::merge`).
 //!
 //! The handlers in `admin.rs` build their JSON answers in place; the schemas here describe
 //! those answers field by field, and the operations below are documentation only (the functions
@@ -33,12 +34,37 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// `#[openapi(nest(..))]` or to merge.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    paths(stats, health, clear, list_keys, show_key, delete_key),
+    paths(
+        stats,
+        health,
+        invalidations,
+        clear,
+        list_keys,
+        show_key,
+        delete_key,
+        metrics,
+        dashboard,
+        dashboard_css,
+        dashboard_js
+    ),
     components(schemas(
-        ErrorBody, CacheStats, CategoryCounts, LocalTier, CacheHealth, Cleared, KeyList, KeyInfo
+        ErrorBody,
+        CacheStats,
+        CategoryCounts,
+        LocalTier,
+        CacheHealth,
+        Alert,
+        Invalidations,
+        Invalidation,
+        Cleared,
+        KeyList,
+        KeyInfo
     )),
     modifiers(&BearerToken),
-    tags((name = "cache", description = "The cache's statistics and health (open), and clearing and key inspection (admin token)"))
+    tags(
+        (name = "cache", description = "The cache's statistics, health and recent invalidations (open), and clearing and key inspection (admin token)"),
+        (name = "monitoring", description = "Prometheus metrics and the live dashboard (open)")
+    )
 )]
 pub struct AdminApi;
 
@@ -75,6 +101,8 @@ struct CacheStats {
     memory_used: Option<String>,
     /// Redis's used memory in bytes; `null` without Redis.
     memory_used_bytes: Option<u64>,
+    /// Redis's `maxmemory` in bytes (0: no limit); `null` without Redis.
+    maxmemory_bytes: Option<u64>,
     /// Reads answered from the cache (either tier).
     hits: u64,
     /// Of those, reads answered by the in-process tier.
@@ -149,6 +177,51 @@ struct CacheHealth {
     error: Option<String>,
     /// The in-process tier; `null` without one.
     local: Option<LocalTier>,
+    /// The active alerts (empty when none, or when no evaluator is attached).
+    alerts: Vec<Alert>,
+}
+
+/// An active alert (see `alerts`).
+#[derive(ToSchema)]
+struct Alert {
+    /// `redis_memory_high`, `hit_ratio_low`, `error_rate_high` or `redis_disconnected`.
+    #[schema(pattern = "^(redis_memory_high|hit_ratio_low|error_rate_high|redis_disconnected)$")]
+    name: String,
+    /// When it started, in milliseconds since the Unix epoch.
+    since_unix_ms: u64,
+    /// The figure measured at the last evaluation.
+    value: f64,
+    /// The threshold it crossed.
+    threshold: f64,
+    /// What it means, for a person.
+    message: String,
+}
+
+/// `GET /api/cache/invalidations`.
+#[derive(ToSchema)]
+struct Invalidations {
+    /// This instance's id (16 hex digits).
+    instance: String,
+    /// Newest first.
+    invalidations: Vec<Invalidation>,
+}
+
+/// One invalidation this instance made or heard of.
+#[derive(ToSchema)]
+struct Invalidation {
+    /// When this instance made it or heard of it (RFC 3339, UTC).
+    at: String,
+    /// The same, in milliseconds since the Unix epoch.
+    at_unix_ms: u64,
+    /// `key`, `tag`, `pattern` or `clear`.
+    #[schema(pattern = "^(key|tag|pattern|clear)$")]
+    kind: String,
+    /// The keys, tags or patterns it named (empty for a clear).
+    targets: Vec<String>,
+    /// The instance that made it (16 hex digits).
+    instance: String,
+    /// Whether this instance made it.
+    own: bool,
 }
 
 /// `POST /api/cache/clear`.
@@ -204,6 +277,57 @@ fn stats() {}
     )
 )]
 fn health() {}
+
+/// The last invalidations this instance made or heard of from others (no token).
+#[utoipa::path(
+    get,
+    path = "/api/cache/invalidations",
+    tag = "cache",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Most invalidations returned (default 50)")
+    ),
+    responses(
+        (status = 200, description = "Newest first", body = Invalidations),
+        (status = 400, description = "Bad `limit`", body = ErrorBody)
+    )
+)]
+fn invalidations() {}
+
+/// The cache's metrics in the Prometheus text format (no token).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String))
+)]
+fn metrics() {}
+
+/// The live dashboard: a page that reads the open JSON routes above (no token).
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "monitoring",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+fn dashboard() {}
+
+/// The dashboard's stylesheet (embedded in the binary).
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.css",
+    tag = "monitoring",
+    responses((status = 200, description = "The stylesheet", content_type = "text/css", body = String))
+)]
+fn dashboard_css() {}
+
+/// The dashboard's script (embedded in the binary).
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.js",
+    tag = "monitoring",
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String))
+)]
+fn dashboard_js() {}
 
 /// Removes every key of this cache's namespace (and empties the in-process tiers).
 #[utoipa::path(
@@ -283,7 +407,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_admin_route_is_described_and_needs_the_token_where_it_should() {
+    fn every_route_is_described_and_needs_the_token_where_it_should() {
         let doc = openapi();
         let json = serde_json::to_value(&doc).expect("the document serializes");
         let paths = json["paths"].as_object().expect("paths");
@@ -291,7 +415,13 @@ mod tests {
         for (path, item) in paths {
             for (method, op) in item.as_object().expect("path item") {
                 let secured = op.get("security").is_some();
-                let open = path == "/api/cache/stats" || path == "/api/cache/health";
+                let open = !path.starts_with("/api/cache/")
+                    || [
+                        "/api/cache/stats",
+                        "/api/cache/health",
+                        "/api/cache/invalidations",
+                    ]
+                    .contains(&path.as_str());
                 assert_eq!(secured, !open, "{method} {path}");
                 seen.push((method.clone(), path.clone()));
             }
@@ -300,9 +430,14 @@ mod tests {
         let expected = [
             ("delete", "/api/cache/keys/{key}"),
             ("get", "/api/cache/health"),
+            ("get", "/api/cache/invalidations"),
             ("get", "/api/cache/keys"),
             ("get", "/api/cache/keys/{key}"),
             ("get", "/api/cache/stats"),
+            ("get", "/dashboard"),
+            ("get", "/dashboard/dashboard.css"),
+            ("get", "/dashboard/dashboard.js"),
+            ("get", "/metrics"),
             ("post", "/api/cache/clear"),
         ];
         let expected: Vec<(String, String)> = expected
