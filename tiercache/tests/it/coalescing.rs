@@ -18,19 +18,38 @@ async fn until_waiting(cache: &tiercache::Cache, key: &tiercache::Key, n: usize)
     .await;
 }
 
+/// [`until_waiting`] for use inside a loader: gives up after 20 s and says so instead of
+/// panicking. (A panicking loader is a cancelled leader: a waiter would take over, wait 20 s in
+/// its turn, and so on for each of the waiters, turning one failure into a test that seems to
+/// hang.)
+async fn held_until_waiting(cache: &tiercache::Cache, key: &tiercache::Key, n: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cache.loads_waiting(key) < n {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Stats) {
     let cache = cache(server).await;
     let key = cache.key(&cat::ANALYSIS, ["cold"]);
     let runs = Arc::new(AtomicU32::new(0));
+    let all_joined = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let (cache, key, runs) = (cache.clone(), key.clone(), runs.clone());
+            let all_joined = all_joined.clone();
             tokio::spawn(async move {
                 let (c, k) = (cache.clone(), key.clone());
                 cache
                     .get_with(&key, async move {
                         runs.fetch_add(1, Ordering::SeqCst);
-                        until_waiting(&c, &k, 999).await;
+                        if held_until_waiting(&c, &k, 999).await {
+                            all_joined.fetch_add(1, Ordering::SeqCst);
+                        }
                         vec![42u64; 100]
                     })
                     .await
@@ -40,6 +59,12 @@ async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Sta
     for t in tasks {
         assert_eq!(t.await.unwrap(), vec![42u64; 100]);
     }
+    assert_eq!(
+        all_joined.load(Ordering::SeqCst),
+        1,
+        "the 999 other callers joined the load within 20 s (loads run: {})",
+        runs.load(Ordering::SeqCst)
+    );
     (runs.load(Ordering::SeqCst), cache.stats().await)
 }
 
@@ -76,8 +101,12 @@ async fn errors_are_shared_with_every_waiter_and_not_cached() {
                 cache
                     .try_get_with(&key, async move {
                         runs.fetch_add(1, Ordering::SeqCst);
-                        until_waiting(&c, &k, 99).await;
-                        Err::<u32, _>(std::io::Error::other("database down"))
+                        let message = if held_until_waiting(&c, &k, 99).await {
+                            "database down"
+                        } else {
+                            "the 99 other callers did not join the load within 20 s"
+                        };
+                        Err::<u32, _>(std::io::Error::other(message))
                     })
                     .await
             })
