@@ -72,7 +72,7 @@ async fn thousand_callers_one_load(server: &RedisServer) -> (u32, tiercache::Sta
 async fn a_thousand_concurrent_callers_on_a_cold_key_run_the_loader_once() {
     let server = RedisServer::start();
     let (runs, stats) = thousand_callers_one_load(&server).await;
-    assert_eq!(runs, 1);
+    assert_eq!(runs, 1, "{stats:?}");
     assert_eq!(stats.loader_runs, 1);
     assert_eq!(stats.sets, 1);
     assert_eq!(stats.hits + stats.misses, 1000);
