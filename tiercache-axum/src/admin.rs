@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory (`memory_used_bytes`, `maxmemory_bytes`), evictions, keys, uptime, per-category figures |
 //! | `GET /api/cache/health` | none | 200 `{"status":"up",…}` or 503 `{"status":"down",…}`, with the mode and the active `alerts` (below) |
-//! | `GET /api/cache/invalidations?limit=` | none | `{"instance": "<this instance's id>", "invalidations": [...]}`: the last `limit` (default 50, at most 100) invalidations made or heard here, newest first |
+//! | `GET /api/cache/invalidations?limit=` | none (names: admin) | `{"instance": "<this instance's id>", "named": bool, "invalidations": [...]}`: the last `limit` (default 50, at most 100) invalidations made or heard here, newest first; each with `target_count`, and its `targets` (keys, tags, patterns) only for a request with the admin token |
 //! | `POST /api/cache/clear` | admin | removes this namespace's keys only; logs who, when, how many |
 //! | `GET /api/cache/keys?pattern=&limit=` | admin | keys by SCAN, the pattern confined to the namespace |
 //! | `GET /api/cache/keys/{key}` | admin | a key's TTL and stored size |
@@ -251,8 +251,21 @@ struct InvalidationsQuery {
 
 async fn invalidations(
     State(admin): State<Admin>,
+    headers: HeaderMap,
     query: Result<Query<InvalidationsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // What was invalidated is named only to holders of the admin token: response-cache keys
+    // hold request paths and query strings, and tags the application's names (as key listing
+    // needs the token). Without the header the list is open, with counts in place of names; a
+    // header with a wrong token is refused like on any admin route.
+    let named = if headers.contains_key(header::AUTHORIZATION) {
+        if let Err(refusal) = authorize(&admin, &headers) {
+            return refusal.into_response();
+        }
+        true
+    } else {
+        false
+    };
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "invalid query string");
     };
@@ -269,9 +282,24 @@ async fn invalidations(
             );
         }
     };
+    let records: Vec<serde_json::Value> = admin
+        .cache
+        .recent_invalidations(limit)
+        .into_iter()
+        .map(|record| {
+            let count = record.targets.len();
+            let mut v = json!(record);
+            v["target_count"] = json!(count);
+            if !named && let Some(fields) = v.as_object_mut() {
+                fields.remove("targets");
+            }
+            v
+        })
+        .collect();
     Json(json!({
         "instance": admin.cache.instance_id(),
-        "invalidations": admin.cache.recent_invalidations(limit),
+        "named": named,
+        "invalidations": records,
     }))
     .into_response()
 }

@@ -308,7 +308,8 @@ fn judge(
         _ => None,
     };
     let reads = now.reads.saturating_sub(oldest.reads);
-    let hit_ratio = (reads >= config.min_reads.max(1)).then(|| {
+    // A disabled cache misses every read by design: no alert for it.
+    let hit_ratio = (mode != Mode::Disabled && reads >= config.min_reads.max(1)).then(|| {
         let ratio = now.hits.saturating_sub(oldest.hits) as f64 / reads as f64;
         (ratio < config.hit_ratio_min).then(|| Finding {
             value: ratio,
@@ -371,8 +372,14 @@ async fn evaluate_forever(
         let oldest = window.front().copied().unwrap_or(now);
         window.push_back(now);
         let findings = judge(&config, cache.mode(), &stats, &oldest, &now);
+        // Without an answer to INFO the memory is unknown, not fine: its alert stays as it was
+        // (rather than clearing now and starting again at the next answer).
+        let memory_unknown = stats.used_memory_bytes.is_none();
         let mut active = active.lock().unwrap_or_else(PoisonError::into_inner);
         for ((name, finding), gauge) in findings.into_iter().zip(&gauges) {
+            if name == REDIS_MEMORY_HIGH && memory_unknown {
+                continue;
+            }
             gauge.set(if finding.is_some() { 1.0 } else { 0.0 });
             match (finding, active.get_mut(name)) {
                 (Some(f), Some(alert)) => {
@@ -466,6 +473,10 @@ mod tests {
             [REDIS_DISCONNECTED]
         );
         assert!(names(&judge(&c, Mode::Standalone, &stats, &quiet, &quiet)).is_empty());
+        // A disabled cache misses every read: that is no alert.
+        assert!(
+            !names(&judge(&c, Mode::Disabled, &stats, &quiet, &later)).contains(&HIT_RATIO_LOW)
+        );
     }
 
     #[test]

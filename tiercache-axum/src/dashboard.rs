@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /dashboard` | the page (`?refresh=SECONDS` sets the polling period, default 5) |
+//! | `GET /dashboard` | the page (`?refresh=SECONDS` sets the polling period: default 5, at least 0.5, since each poll of the stats counts the namespace's keys with SCAN) |
 //! | `GET /dashboard/dashboard.css` | its stylesheet |
 //! | `GET /dashboard/dashboard.js` | its script |
 //!

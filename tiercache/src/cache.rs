@@ -373,7 +373,7 @@ impl Cache {
             return;
         }
         if c.is_standalone() {
-            let _ = c.apply(Change::Invalidate(Target::Keys(&keys))).await;
+            c.overwrite_here(&keys);
             // The tier is the store: the new values go in after the old ones were dropped,
             // unless another change of the key came in between. They stay encoded (the reader's
             // type is not known here) and are decoded on each read.

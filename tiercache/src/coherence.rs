@@ -676,6 +676,12 @@ impl Coherence {
         }
     }
 
+    /// Drops `keys` here before a standalone `insert` puts their new values in: an overwrite,
+    /// not an invalidation, so neither listed among the recent invalidations nor counted as one.
+    pub(crate) fn overwrite_here(&self, keys: &[&str]) {
+        self.invalidate_here(&Change::Invalidate(Target::Keys(keys)));
+    }
+
     /// Applies `change` here, in Redis and (through the channel) in every other instance's
     /// tier; returns how many keys it removed (entries of the tier, standalone). See the module
     /// docs for the order of steps and why; on failure the change is owed and replayed.

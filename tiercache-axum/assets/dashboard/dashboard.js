@@ -3,7 +3,7 @@
 "use strict";
 (() => {
   const params = new URLSearchParams(location.search);
-  const refresh = Math.min(3600, Math.max(0.2, parseFloat(params.get("refresh")) || 5));
+  const refresh = Math.min(3600, Math.max(0.5, parseFloat(params.get("refresh")) || 5));
   const MAX_POINTS = 120;
   const samples = []; // {t, total, interval}: hit rate since start and between two polls
   let prev = null; // the previous stats answer, for the between-polls rate
@@ -193,8 +193,9 @@
     }
     tbody.replaceChildren(...list.map((r) => {
       const at = num(r.at_unix_ms) ?? Date.parse(r.at);
-      const targets = Array.isArray(r.targets) ? r.targets.map(String) : [];
-      const what = targets.length ? targets.join(", ") : r.kind === "clear" ? "everything" : "–";
+      // Names come only with the admin token, which the page never has: counts instead.
+      const n = num(r.target_count) ?? 0;
+      const what = r.kind === "clear" ? "everything" : `${n} ${r.kind}${n === 1 ? "" : "s"}`;
       const by = r.own ? "this instance" : String(r.instance || "?");
       return el("tr", { "data-kind": String(r.kind), "data-own": String(!!r.own) },
         el("td", { class: "nowrap", title: String(r.at || "") }, isFinite(at) ? `${clock(at)} · ${ago(at)}` : "–"),

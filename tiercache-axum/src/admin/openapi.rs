@@ -95,7 +95,7 @@ struct CacheStats {
     /// `redis`, `standalone` or `disabled`.
     #[schema(pattern = "^(redis|standalone|disabled)$")]
     mode: String,
-    /// Keys in Redis (`DBSIZE`); `null` without Redis.
+    /// Keys of this cache's namespace in Redis, counted with SCAN; `null` without Redis.
     total_keys: Option<u64>,
     /// Redis's used memory, human-readable; `null` without Redis.
     memory_used: Option<String>,
@@ -136,7 +136,7 @@ struct CacheStats {
 /// Hits and misses of one category.
 #[derive(ToSchema)]
 struct CategoryCounts {
-    /// Reads answered from Redis.
+    /// Reads answered from the cache (the in-process tier or Redis).
     hits: u64,
     /// Reads that found nothing usable.
     misses: u64,
@@ -202,6 +202,8 @@ struct Alert {
 struct Invalidations {
     /// This instance's id (16 hex digits).
     instance: String,
+    /// Whether the records name their targets (only for a request with the admin token).
+    named: bool,
     /// Newest first.
     invalidations: Vec<Invalidation>,
 }
@@ -216,8 +218,11 @@ struct Invalidation {
     /// `key`, `tag`, `pattern` or `clear`.
     #[schema(pattern = "^(key|tag|pattern|clear)$")]
     kind: String,
-    /// The keys, tags or patterns it named (empty for a clear).
-    targets: Vec<String>,
+    /// The keys, tags or patterns it named (empty for a clear); only with the admin token,
+    /// since keys hold request paths and queries.
+    targets: Option<Vec<String>>,
+    /// How many keys, tags or patterns it named.
+    target_count: u64,
     /// The instance that made it (16 hex digits).
     instance: String,
     /// Whether this instance made it.
@@ -278,7 +283,8 @@ fn stats() {}
 )]
 fn health() {}
 
-/// The last invalidations this instance made or heard of from others (no token).
+/// The last invalidations this instance made or heard of from others: open, with counts; with
+/// the admin token (optional), also what they named.
 #[utoipa::path(
     get,
     path = "/api/cache/invalidations",
@@ -288,7 +294,9 @@ fn health() {}
     ),
     responses(
         (status = 200, description = "Newest first", body = Invalidations),
-        (status = 400, description = "Bad `limit`", body = ErrorBody)
+        (status = 400, description = "Bad `limit`", body = ErrorBody),
+        (status = 401, description = "An `Authorization` header that is not a bearer token", body = ErrorBody),
+        (status = 403, description = "Wrong token, or no token configured", body = ErrorBody)
     )
 )]
 fn invalidations() {}
