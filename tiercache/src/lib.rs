@@ -51,6 +51,8 @@
 //! - `coalesce`: one loader per key at a time; `clock`: the tier's cheap clock.
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
 //!   jitter; `codec`: the versioned, optionally compressed value envelope.
+//! - `memory`: Redis's memory kept in check: the start-up warning about `maxmemory` and its
+//!   policy, and the per-value size limit.
 //! - `stats`: counters, the metrics they report (a table in its docs) and the [`Stats`]
 //!   snapshot; `history`: the recent invalidations ([`Cache::recent_invalidations`]);
 //!   `error`: [`Error`].
@@ -139,6 +141,7 @@ mod local;
 mod log_limiter;
 #[cfg(feature = "macros")]
 mod macro_support;
+mod memory;
 mod probe;
 mod remote;
 mod stats;
@@ -153,6 +156,7 @@ pub use error::{Error, Result};
 pub use history::{HISTORY_LEN, InvalidationKind, InvalidationRecord};
 pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, MAX_TAGS, Pattern, Tag};
+pub use memory::DEFAULT_MAX_VALUE_BYTES;
 pub use stats::{CategoryStats, LocalStats, Stats};
 pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, MAX_TTL, TtlPolicy};
 
