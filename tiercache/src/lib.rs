@@ -115,6 +115,14 @@ CACHE.invalidate_tag(&Tag::new("image", ["nginx"])).await; // the next call runs
 //! that fails opens the breaker at once and is replayed before the breaker closes, so a value
 //! invalidated by an acknowledged write is never read from Redis again.
 //!
+//! A full Redis is not an unreachable one. Writes it refuses with `OOM` (at `maxmemory` under
+//! `noeviction`) are failed writes: the caller gets its value, reads keep being served from
+//! Redis, the breaker stays closed, and an `insert` refused this way invalidates the key instead
+//! (`UNLINK` is allowed at `maxmemory`). They are counted in `Stats::oom_write_failures`. The
+//! cache warns once when it first connects if Redis has no `maxmemory` or uses `noeviction`, and
+//! values larger than `CacheBuilder::max_value_bytes` (1 MiB encoded) are not stored (see the
+//! `memory` module).
+//!
 //! # Two tiers and Δ
 //! With [`CacheBuilder::local_capacity`], reads are answered from a bounded in-process tier of
 //! decoded values first. Changes are published on a Redis pub/sub channel per namespace, and

@@ -3,8 +3,8 @@
 //!
 //! A cache lives or dies by eviction. Redis without a `maxmemory` grows until the machine runs
 //! out (and the kernel kills it); Redis under `noeviction` refuses every write once full. So at
-//! start-up the cache reads `INFO memory` (once, when it first connects; an ACL user without
-//! `info` skips the check quietly) and warns once, naming the setting and its fix, when:
+//! start-up the cache reads `INFO memory` (once, when it first connects: at start-up, or when
+//! Redis first answers if it was away then; an ACL user without `info` skips the check quietly) and warns once, naming the setting and its fix, when:
 //! - `maxmemory` is 0 (no limit), or
 //! - `maxmemory-policy` is `noeviction` (writes are refused at the limit: the cache then stores
 //!   nothing new, counted as `oom_write_failures`, and keeps serving what it holds).
@@ -25,6 +25,7 @@
 //! the keys already logged, and once it is full new keys are logged at most once a minute.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,9 +59,12 @@ pub(crate) fn judge(info: &ServerInfo) -> Option<Finding> {
     }
 }
 
-/// Reads Redis's memory settings and warns (once: this runs when the cache first connects) if
-/// they do not suit a cache.
+/// Reads Redis's memory settings and warns if they do not suit a cache: on the first call that
+/// finds Redis answering, for the life of the cache (a failed read leaves it to the next call).
 pub(crate) async fn check_settings(remote: &Remote) {
+    if remote.memory_checked.load(Relaxed) {
+        return;
+    }
     let info = match remote.memory_settings().await {
         Ok(info) => info,
         Err(e) => {
@@ -68,6 +72,9 @@ pub(crate) async fn check_settings(remote: &Remote) {
             return;
         }
     };
+    if remote.memory_checked.swap(true, Relaxed) {
+        return;
+    }
     match judge(&info) {
         Some(Finding::NoLimit { policy }) => tracing::warn!(
             addr = %remote.addr,

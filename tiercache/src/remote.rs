@@ -165,6 +165,9 @@ pub(crate) struct Remote {
     failure_log: LogLimiter,
     /// OOM refusals come with every write while Redis is full: one line per interval.
     oom_log: LogLimiter,
+    /// Whether Redis's memory settings were checked: once per cache, on its first connection
+    /// (at start-up, or on recovery if Redis was away then). See `memory`.
+    pub(crate) memory_checked: std::sync::atomic::AtomicBool,
     /// `host:port/db` (and user), never the password: safe to log.
     pub(crate) addr: String,
     lease_script: redis::Script,
@@ -207,6 +210,7 @@ impl Remote {
             counters,
             failure_log: LogLimiter::new(Duration::from_secs(5)),
             oom_log: LogLimiter::new(Duration::from_secs(60)),
+            memory_checked: std::sync::atomic::AtomicBool::new(false),
             addr,
             lease_script: redis::Script::new(LEASE_SCRIPT),
             fill_script: redis::Script::new(FILL_SCRIPT),

@@ -42,6 +42,37 @@ async fn a_redis_without_maxmemory_is_warned_about_once() {
 }
 
 #[tokio::test]
+async fn redis_away_at_start_up_is_checked_when_it_first_answers() {
+    let (captured, _guard) = capture();
+    let mut server = RedisServer::start();
+    server.stop();
+    let cache = builder(&server).build().await.unwrap();
+    assert!(!cache.is_connected());
+    assert!(memory_warnings(&captured).is_empty());
+    server.restart();
+    wait_until(
+        Duration::from_secs(5),
+        "the warning, on connecting",
+        || async { memory_warnings(&captured) == ["maxmemory"] },
+    )
+    .await;
+    // Another outage and recovery: still one warning.
+    server.stop();
+    let key = cache.key(&cat::SCAN_RESULTS, ["x"]);
+    wait_until(Duration::from_secs(5), "the breaker to open", || async {
+        cache.get::<u32>(&key).await;
+        !cache.is_connected()
+    })
+    .await;
+    server.restart();
+    wait_until(Duration::from_secs(5), "the cache to reconnect", || async {
+        cache.is_connected()
+    })
+    .await;
+    assert_eq!(memory_warnings(&captured), ["maxmemory"]);
+}
+
+#[tokio::test]
 async fn noeviction_is_warned_about_once() {
     let server =
         RedisServer::start_with_args(&["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]);
