@@ -3,7 +3,12 @@
 //! Redis, writes are reflected at once, and the refusals are counted as failed writes, not as
 //! Redis being down. Redis-only: a standalone cache has no Redis to fill.
 
-use crate::helpers::{Db, TestEnv, report};
+use tiercache_testkit::exposition;
+
+use crate::helpers::{ADMIN_TOKEN, Db, TestEnv, report};
+
+/// This test's namespace: a label of its metrics (the recorder is global to the binary).
+const NS: &str = "memory-oom";
 
 /// Fills the test's Redis with foreign keys until it refuses a write for memory.
 fn fill_until_oom(env: &TestEnv) {
@@ -24,7 +29,11 @@ fn fill_until_oom(env: &TestEnv) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_answers_200_while_redis_refuses_writes() {
     let env = TestEnv::new(Db::Sqlite);
-    let app = env.app().await;
+    // Before the cache is built: its metrics handles are taken then.
+    tiercache_axum::metrics::install().unwrap();
+    let app = env
+        .app_with(|b| b.namespace(NS), 32 * 1024 * 1024, Some(ADMIN_TOKEN))
+        .await;
     let truth = env.uncached_app().await;
     let created = app
         .post_report(report("oom/app", "v1", &["HIGH", "MEDIUM"]))
@@ -102,4 +111,32 @@ async fn every_request_answers_200_while_redis_refuses_writes() {
         stats.body
     );
     assert_eq!(app.get("/api/cache/health").await.body["status"], "up");
+
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped = exposition::parse(&text).unwrap();
+    let series = |name: &str| -> Vec<(Option<String>, f64)> {
+        scraped
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && s.labels.get("namespace").map(String::as_str) == Some(&format!("test:{NS}"))
+            })
+            .map(|s| (s.labels.get("reason").cloned(), s.value))
+            .collect()
+    };
+    let failures = series("tiercache_write_failures_total");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0.as_deref(), Some("oom"));
+    assert!(failures[0].1 > 0.0, "{failures:?}");
+    let trips = series("tiercache_breaker_trips_total");
+    assert!(trips.iter().all(|(_, v)| *v == 0.0), "{trips:?}");
 }
