@@ -71,8 +71,9 @@ pub struct Stats {
     /// Values not stored because, encoded (after compression), they exceed the
     /// [`max_value_bytes`](crate::CacheBuilder::max_value_bytes) limit; the caller still got them.
     pub oversized: u64,
-    /// Writes Redis refused with `OOM` (at `maxmemory` under `noeviction`): the value was not
-    /// stored, the caller was not failed, the breaker stayed closed. Not counted in `errors`.
+    /// Write calls (a load's lease or fill, an insert's pipeline, a noting of tag versions)
+    /// that Redis refused with `OOM` (at `maxmemory` under `noeviction`): nothing was stored,
+    /// no caller was failed, the breaker stayed closed. Not counted in `errors`.
     pub oom_write_failures: u64,
     /// Redis calls made (round trips: a command, a pipeline, a SCAN page), failed ones
     /// included: the denominator of an error rate.
