@@ -208,6 +208,7 @@ impl Plan {
             .env_prefix(common.app_env.clone());
         cache_policy::configure(builder)
             .local_capacity(self.local_capacity)
+            .max_value_bytes(common.cache_max_value_bytes)
             .build()
             .await
     }
@@ -273,6 +274,7 @@ mod tests {
             cache_namespace: "scan-api".into(),
             app_env: "test".into(),
             cache_local_capacity: capacity,
+            cache_max_value_bytes: tiercache::DEFAULT_MAX_VALUE_BYTES,
             cache_enabled: true,
         }
     }

@@ -78,6 +78,13 @@ pub struct Common {
     /// standalone mode.
     #[arg(long, env = "CACHE_LOCAL_CAPACITY", default_value_t = crate::cache_policy::LOCAL_CAPACITY, global = true)]
     pub cache_local_capacity: u64,
+    /// Largest value the cache stores, in bytes of its encoded form after compression (what
+    /// Redis would hold), whatever stores it: a response body, a database row, a session. A
+    /// larger value is served but not cached (counted as `oversized`, logged once per key).
+    /// Not to be confused with `CACHE_MAX_RESPONSE_BYTES`, which bounds the HTTP response
+    /// cache's bodies before encoding; each limit applies on its own.
+    #[arg(long, env = "CACHE_MAX_VALUE_BYTES", default_value_t = tiercache::DEFAULT_MAX_VALUE_BYTES, global = true)]
+    pub cache_max_value_bytes: usize,
     /// Set to false to run without the cache (every read from the database): the same as
     /// `CACHE_MODE=off`.
     #[arg(long, env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
@@ -123,7 +130,9 @@ pub struct Serve {
     /// Largest accepted request body in bytes (Trivy reports of big images exceed 10 MB).
     #[arg(long, env = "BODY_LIMIT", default_value_t = 32 * 1024 * 1024)]
     pub body_limit: usize,
-    /// Largest response body cached, in bytes; larger responses stream through uncached.
+    /// Largest response body cached, in bytes; larger responses stream through uncached. It is
+    /// checked by the response layer on the raw body, before it is buffered; the cache's own
+    /// `CACHE_MAX_VALUE_BYTES` then bounds every stored value after encoding and compression.
     #[arg(long, env = "CACHE_MAX_RESPONSE_BYTES", default_value_t = crate::cache_policy::MAX_RESPONSE_BYTES)]
     pub cache_max_body: usize,
     /// Warm the cache in the background once listening (as `scan-api cache warm`); readiness
@@ -232,6 +241,18 @@ mod tests {
         assert!(err.contains("standalone") && err.contains("off"), "{err}");
         let cli = Cli::try_parse_from(["scan-api", "--redis-url", "redis://h:1"]).unwrap();
         assert_eq!(cli.common.redis_url.as_deref(), Some("redis://h:1"));
+    }
+
+    #[test]
+    fn the_value_limit_defaults_to_the_librarys_and_is_a_flag() {
+        let cli = Cli::try_parse_from(["scan-api"]).unwrap();
+        assert_eq!(
+            cli.common.cache_max_value_bytes,
+            tiercache::DEFAULT_MAX_VALUE_BYTES
+        );
+        let cli = Cli::try_parse_from(["scan-api", "--cache-max-value-bytes", "2048"]).unwrap();
+        assert_eq!(cli.common.cache_max_value_bytes, 2048);
+        assert!(Cli::try_parse_from(["scan-api", "--cache-max-value-bytes", "1M"]).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! | route | auth | answer |
 //! |---|---|---|
-//! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory (`memory_used_bytes`, `maxmemory_bytes`), evictions, keys, uptime, per-category figures |
+//! | `GET /api/cache/stats` | none | mode, hits, misses, hit rate, memory (`memory_used_bytes`, `maxmemory_bytes`, `maxmemory_policy`), evictions, values too large to store (`oversized`), writes refused for memory (`oom_write_failures`), keys, uptime, per-category figures |
 //! | `GET /api/cache/health` | none | 200 `{"status":"up",…}` or 503 `{"status":"down",…}`, with the mode and the active `alerts` (below) |
 //! | `GET /api/cache/invalidations?limit=` | none (names: admin) | `{"instance": "<this instance's id>", "named": bool, "invalidations": [...]}`: the last `limit` (default 50, at most 100) invalidations made or heard here, newest first; each with `target_count`, and its `targets` (keys, tags, patterns) only for a request with the admin token |
 //! | `POST /api/cache/clear` | admin | removes this namespace's keys only; logs who, when, how many |
@@ -184,6 +184,7 @@ async fn stats(State(admin): State<Admin>) -> Response {
         "memory_used": s.used_memory_human,
         "memory_used_bytes": s.used_memory_bytes,
         "maxmemory_bytes": s.maxmemory_bytes,
+        "maxmemory_policy": s.maxmemory_policy,
         "hits": s.hits,
         "local_hits": s.local_hits,
         "misses": s.misses,
@@ -193,6 +194,8 @@ async fn stats(State(admin): State<Admin>) -> Response {
         "deletes": s.deletes,
         "errors": s.errors,
         "timeouts": s.timeouts,
+        "oversized": s.oversized,
+        "oom_write_failures": s.oom_write_failures,
         "loader_runs": s.loader_runs,
         "connected": s.connected,
         "uptime": s.uptime.as_secs_f64(),

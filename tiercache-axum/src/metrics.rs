@@ -155,6 +155,14 @@ fn describe() {
             "Times the invalidation channel was lost (the in-process tier was dropped each time).",
         ),
         (
+            "tiercache_oversized_total",
+            "Values not stored because their encoded size (after compression) exceeds max_value_bytes; the caller still got them.",
+        ),
+        (
+            "tiercache_write_failures_total",
+            "Writes Redis refused, by reason (oom: at maxmemory under noeviction); the caller still got its value and reads go on.",
+        ),
+        (
             "tiercache_local_evictions_total",
             "Entries the in-process tier dropped to stay within its capacity.",
         ),

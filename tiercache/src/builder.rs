@@ -16,6 +16,7 @@ use crate::codec::{Codec, Envelope};
 use crate::coherence::{Coherence, CoherenceConfig, DEFAULT_LOCAL_LEASE, Scope};
 use crate::error::{Error, Result};
 use crate::key::{Category, KeySpace};
+use crate::memory::{self, DEFAULT_MAX_VALUE_BYTES, ValueLimit};
 use crate::probe;
 use crate::remote::{Remote, RemoteConfig};
 use crate::stats::Counters;
@@ -60,6 +61,7 @@ pub const DEFAULT_MAX_LOAD_TIME: Duration = Duration::from_secs(10);
 ///     .local_max_ttl(Duration::from_secs(60))
 ///     .local_lease(Duration::from_millis(100))  // Δ across instances during a fault
 ///     .max_load_time(Duration::from_secs(10))   // slower loads are returned, not stored
+///     .max_value_bytes(1 << 20)                 // larger values (encoded) are returned, not stored
 ///     .build()
 ///     .await?;
 /// # Ok(()) }
@@ -86,6 +88,7 @@ pub struct CacheBuilder {
     local_max_ttl: Duration,
     local_lease: Duration,
     max_load_time: Duration,
+    max_value_bytes: usize,
     #[cfg(feature = "tls")]
     tls_root: Option<Vec<u8>>,
     #[cfg(feature = "tls")]
@@ -116,6 +119,7 @@ impl std::fmt::Debug for CacheBuilder {
             .field("local_max_ttl", &self.local_max_ttl)
             .field("local_lease", &self.local_lease)
             .field("max_load_time", &self.max_load_time)
+            .field("max_value_bytes", &self.max_value_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +146,7 @@ impl Default for CacheBuilder {
             local_max_ttl: DEFAULT_LOCAL_MAX_TTL,
             local_lease: DEFAULT_LOCAL_LEASE,
             max_load_time: DEFAULT_MAX_LOAD_TIME,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             #[cfg(feature = "tls")]
             tls_root: None,
             #[cfg(feature = "tls")]
@@ -158,8 +163,9 @@ impl CacheBuilder {
     }
 
     /// A builder configured from the environment: `REDIS_URL`, `REDIS_USERNAME`,
-    /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV` and `CACHE_LOCAL_CAPACITY`
-    /// (bytes for the in-process tier, 0 for none). Unset variables keep the defaults; an invalid one is reported by `build`, naming the variable.
+    /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV`, `CACHE_LOCAL_CAPACITY`
+    /// (bytes for the in-process tier, 0 for none) and `CACHE_MAX_VALUE_BYTES` (see
+    /// [`max_value_bytes`](Self::max_value_bytes)). Unset variables keep the defaults; an invalid one is reported by `build`, naming the variable.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -193,6 +199,15 @@ impl CacheBuilder {
                 Ok(bytes) => b = b.local_capacity(bytes),
                 Err(_) => b.defer(Error::config(
                     "CACHE_LOCAL_CAPACITY",
+                    format!("{bytes:?} is not a number of bytes"),
+                )),
+            }
+        }
+        if let Some(bytes) = lookup("CACHE_MAX_VALUE_BYTES") {
+            match bytes.trim().parse::<usize>() {
+                Ok(bytes) => b = b.max_value_bytes(bytes),
+                Err(_) => b.defer(Error::config(
+                    "CACHE_MAX_VALUE_BYTES",
                     format!("{bytes:?} is not a number of bytes"),
                 )),
             }
@@ -375,6 +390,19 @@ impl CacheBuilder {
         self
     }
 
+    /// The largest value stored, in bytes of its encoded envelope after compression, which is
+    /// what Redis would hold (default [`DEFAULT_MAX_VALUE_BYTES`], 1 MiB).
+    ///
+    /// A larger value is stored neither in Redis nor in the in-process tier: `get_with` still
+    /// returns it (so every call for that key runs its loader), and `insert` invalidates the key
+    /// instead (no older value outlives it). Each is counted ([`Stats::oversized`](crate::Stats),
+    /// metric `tiercache_oversized_total`) and logged once per key. Large values are slow for
+    /// Redis to move (one connection carries every command) and sweep a tier's byte budget.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
     /// Trusts this CA (PEM) for `rediss://` instead of the system's roots: for Redis behind a
     /// private CA.
     #[cfg(feature = "tls")]
@@ -419,6 +447,12 @@ impl CacheBuilder {
         }
         if self.breaker_threshold == 0 {
             return Err(Error::config("breaker_threshold", "must be at least 1"));
+        }
+        if self.max_value_bytes == 0 {
+            return Err(Error::config(
+                "max_value_bytes",
+                "must be at least 1 (a value of 0 bytes cannot be stored)",
+            ));
         }
         if self.scan_count == 0 {
             return Err(Error::config("scan_count", "must be at least 1"));
@@ -492,6 +526,7 @@ impl CacheBuilder {
                                 "cannot load the cache's Lua scripts (an ACL without eval, evalsha and script|load?): loaded values will not be stored"
                             );
                         }
+                        memory::check_settings(&remote).await;
                     }
                     Err(e) => {
                         tracing::warn!(
@@ -528,6 +563,7 @@ impl CacheBuilder {
             coherence,
             counters,
             envelope: Envelope::new(self.codec, self.compress_threshold),
+            value_limit: ValueLimit::new(self.max_value_bytes),
             ttl: self.ttl,
             loads: Coalescer::default(),
             started: Instant::now(),
@@ -674,6 +710,11 @@ mod tests {
                 "breaker_threshold",
             ),
             (CacheBuilder::new().db(-1), "db"),
+            (CacheBuilder::new().max_value_bytes(0), "max_value_bytes"),
+            (
+                CacheBuilder::from_lookup(|k| (k == "CACHE_MAX_VALUE_BYTES").then(|| "1M".into())),
+                "CACHE_MAX_VALUE_BYTES",
+            ),
             (
                 CacheBuilder::from_lookup(|k| (k == "REDIS_DB").then(|| "x".into())),
                 "REDIS_DB",

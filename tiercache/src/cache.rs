@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::history::InvalidationRecord;
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
 use crate::local::Value;
+use crate::memory::ValueLimit;
 use crate::probe::TaskGuard;
 use crate::remote::{Take, Via};
 use crate::stats::{Counters, LocalStats, Stats};
@@ -95,6 +96,8 @@ pub(crate) struct Inner {
     /// Shared with `remote`, which counts errors and timeouts.
     pub(crate) counters: Arc<Counters>,
     pub(crate) envelope: Envelope,
+    /// The per-value size limit (`max_value_bytes`).
+    pub(crate) value_limit: ValueLimit,
     pub(crate) ttl: TtlPolicy,
     pub(crate) loads: Coalescer,
     pub(crate) started: Instant,
@@ -106,6 +109,15 @@ pub(crate) struct Inner {
 /// A value written with `insert` into a standalone tier, kept encoded (shared: a hit clones it).
 #[derive(Clone)]
 struct Encoded(Arc<[u8]>);
+
+/// What encoding a value for storage gave.
+enum Encoding {
+    Bytes(Vec<u8>),
+    /// Larger than `max_value_bytes` (counted and logged): not to be stored.
+    Oversized,
+    /// Could not be encoded (counted and logged).
+    Failed,
+}
 
 /// What one look for a key found.
 enum Lookup<T> {
@@ -343,6 +355,8 @@ impl Cache {
         }
         let c = self.coherence();
         let mut encoded: Vec<(&Key, Vec<u8>, Duration)> = Vec::with_capacity(entries.len());
+        // Too large to store: invalidated instead, so that no older value outlives the write.
+        let mut oversized: Vec<&str> = Vec::new();
         let versions = c
             .tag_versions_for_write(entries.iter().map(|(k, _, ttl)| (*k, *ttl)))
             .await
@@ -360,17 +374,25 @@ impl Cache {
                     .map(|t| Some(versions.get(t)?.as_slice()))
                     .collect::<Option<Vec<&[u8]>>>()
             };
-            // Without the versions (Redis away) nothing can vouch for the tags.
-            let Some(bytes) = tags.and_then(|tags| self.encode(key, *value, &tags)) else {
+            // Without the versions (Redis away, or refusing writes) nothing can vouch for the
+            // tags.
+            let Some(tags) = tags else {
                 break;
             };
-            encoded.push((key, bytes, *ttl));
+            match self.encode(key, *value, &tags) {
+                Encoding::Bytes(bytes) => encoded.push((key, bytes, *ttl)),
+                Encoding::Oversized => oversized.push(key.as_str()),
+                Encoding::Failed => break,
+            }
         }
         let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
-        if encoded.len() < entries.len() {
+        if encoded.len() + oversized.len() < entries.len() || encoded.is_empty() {
             // Some old values may remain: invalidate them all (replayed later if need be).
             let _ = c.apply(Change::Invalidate(Target::Keys(&keys))).await;
             return;
+        }
+        if !oversized.is_empty() {
+            let _ = c.apply(Change::Invalidate(Target::Keys(&oversized))).await;
         }
         if c.is_standalone() {
             c.overwrite_here(&keys);
@@ -686,21 +708,16 @@ impl Cache {
         let versions: Vec<&[u8]> = lease
             .map(|l| l.tag_versions.iter().map(Vec::as_slice).collect())
             .unwrap_or_default();
-        let Some(bytes) = self.encode(key, value, &versions) else {
+        let Encoding::Bytes(bytes) = self.encode(key, value, &versions) else {
             return false;
         };
         let decoded: Box<dyn Value> = Box::new(value.clone());
         c.fill(key, ticket, lease, &bytes, ttl, decoded).await
     }
 
-    /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone);
-    /// `None`, logged and counted, if it cannot be.
-    fn encode<T: Serialize + ?Sized>(
-        &self,
-        key: &Key,
-        value: &T,
-        versions: &[&[u8]],
-    ) -> Option<Vec<u8>> {
+    /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone),
+    /// unless it cannot be, or is larger than `max_value_bytes` (both logged and counted).
+    fn encode<T: Serialize + ?Sized>(&self, key: &Key, value: &T, versions: &[&[u8]]) -> Encoding {
         let tags: Vec<(&str, &[u8])> = key
             .tags()
             .iter()
@@ -708,11 +725,20 @@ impl Cache {
             .zip(versions.iter().copied())
             .collect();
         match self.inner.envelope.encode_tagged(value, &tags) {
-            Ok(bytes) => Some(bytes),
+            Ok(bytes)
+                if self.inner.value_limit.admits(
+                    key.as_str(),
+                    bytes.len(),
+                    &self.inner.counters,
+                ) =>
+            {
+                Encoding::Bytes(bytes)
+            }
+            Ok(_) => Encoding::Oversized,
             Err(e) => {
                 self.inner.counters.error();
                 tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");
-                None
+                Encoding::Failed
             }
         }
     }
@@ -979,6 +1005,7 @@ impl Cache {
             stats.evicted_keys = info.evicted_keys;
             stats.used_memory_bytes = info.used_memory;
             stats.maxmemory_bytes = info.maxmemory;
+            stats.maxmemory_policy = info.maxmemory_policy;
             stats.used_memory_human = info.used_memory_human;
         }
         stats.connected = self.is_connected();

@@ -84,6 +84,12 @@
 //! none can have heard a heartbeat since. Fails without it:
 //! `local::a_hung_redis_never_leaves_a_stale_tier`.
 //!
+//! An overwrite that Redis refuses with `OOM` (full, under `noeviction`) is not a fault:
+//! Redis answers, serves reads and still removes keys. The keys are invalidated instead (the
+//! old values must not outlive the write), nothing is owed and the breaker stays closed.
+//! Invalidations themselves (`UNLINK`, `PUBLISH`) are never refused for memory; one refused
+//! for another reason is owed like a failed one. Shown by `memory::oom_is_a_failed_write_never_a_failed_request`.
+//!
 //! So Δ, the time after a write's acknowledgement during which another instance may still serve
 //! the older value, is the notice's delivery time while Redis works (well under a millisecond),
 //! and at most one lease whatever Redis does (hangs, restarts empty, drops subscribers); a write
@@ -721,14 +727,29 @@ impl Coherence {
                 .failing_since()
                 .map_or(first, |s| s.min(first));
             let until = *deadline.get_or_insert(since + self.lease.length);
-            if e.is_timeout() || Instant::now() + RESEND_AFTER >= until {
+            if e.is_timeout() || e.is_oom() || Instant::now() + RESEND_AFTER >= until {
                 break result;
             }
             tokio::time::sleep(RESEND_AFTER).await;
         };
+        // Refused for memory, and the old values removed instead: nothing is owed.
+        let mut refused_write = false;
+        let result = match (result, &change) {
+            (Err(e), Change::Overwrite(entries)) if e.is_oom() => {
+                match self.refused_for_memory(entries).await {
+                    Ok(()) => {
+                        refused_write = true;
+                        Err(e)
+                    }
+                    Err(failed) => Err(failed),
+                }
+            }
+            (result, _) => result,
+        };
         self.invalidate_here(&change);
         match result {
             Ok(removed) => Ok(removed),
+            Err(e) if refused_write => Err(e),
             Err(e) => {
                 self.owe(&change);
                 if let Some(until) = deadline {
@@ -737,6 +758,17 @@ impl Coherence {
                 Err(e)
             }
         }
+    }
+
+    /// An overwrite that Redis refused with `OOM` (full, under `noeviction`): it is answering,
+    /// and still removes keys, so the old values are invalidated instead (they must not outlive
+    /// the write), with a notice for the other instances' tiers. A failed write, not a fault:
+    /// `Ok` unless that invalidation failed too (then it is owed like any other).
+    async fn refused_for_memory(&self, entries: &[(&str, &[u8], Duration)]) -> Result<()> {
+        let keys: Vec<&str> = entries.iter().map(|(k, _, _)| *k).collect();
+        let change = Change::Invalidate(Target::Keys(&keys));
+        let notice = self.channel.notice(&change);
+        self.send(&change, &notice).await.map(|_| ())
     }
 
     /// One attempt at `change` and its notice in Redis.

@@ -90,6 +90,14 @@ impl Error {
         self.is_timeout() || self.is_connection() || self.is_unavailable()
     }
 
+    /// True when Redis refused a write because it is at its `maxmemory` and its policy
+    /// (`noeviction`) does not let it evict: the `OOM command not allowed when used memory >
+    /// 'maxmemory'` reply. Redis still answers and serves reads; the cache counts this as a
+    /// failed write, never as Redis being away (the breaker stays closed).
+    pub fn is_oom(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("OOM"))
+    }
+
     /// True when the operation needs Redis and the cache does not use it.
     pub fn is_no_redis(&self) -> bool {
         matches!(self, Self::NoRedis { .. })

@@ -51,6 +51,8 @@
 //! - `coalesce`: one loader per key at a time; `clock`: the tier's cheap clock.
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
 //!   jitter; `codec`: the versioned, optionally compressed value envelope.
+//! - `memory`: Redis's memory kept in check: the start-up warning about `maxmemory` and its
+//!   policy, and the per-value size limit.
 //! - `stats`: counters, the metrics they report (a table in its docs) and the [`Stats`]
 //!   snapshot; `history`: the recent invalidations ([`Cache::recent_invalidations`]);
 //!   `error`: [`Error`].
@@ -113,6 +115,14 @@ CACHE.invalidate_tag(&Tag::new("image", ["nginx"])).await; // the next call runs
 //! that fails opens the breaker at once and is replayed before the breaker closes, so a value
 //! invalidated by an acknowledged write is never read from Redis again.
 //!
+//! A full Redis is not an unreachable one. Writes it refuses with `OOM` (at `maxmemory` under
+//! `noeviction`) are failed writes: the caller gets its value, reads keep being served from
+//! Redis, the breaker stays closed, and an `insert` refused this way invalidates the key instead
+//! (`UNLINK` is allowed at `maxmemory`). They are counted in `Stats::oom_write_failures`. The
+//! cache warns once when it first connects if Redis has no `maxmemory` or uses `noeviction`, and
+//! values larger than `CacheBuilder::max_value_bytes` (1 MiB encoded) are not stored (see the
+//! `memory` module).
+//!
 //! # Two tiers and Δ
 //! With [`CacheBuilder::local_capacity`], reads are answered from a bounded in-process tier of
 //! decoded values first. Changes are published on a Redis pub/sub channel per namespace, and
@@ -139,6 +149,7 @@ mod local;
 mod log_limiter;
 #[cfg(feature = "macros")]
 mod macro_support;
+mod memory;
 mod probe;
 mod remote;
 mod stats;
@@ -153,6 +164,7 @@ pub use error::{Error, Result};
 pub use history::{HISTORY_LEN, InvalidationKind, InvalidationRecord};
 pub use invalidation::MAX_PENDING;
 pub use key::{Category, Key, KeySpace, MAX_PART_LEN, MAX_TAGS, Pattern, Tag};
+pub use memory::DEFAULT_MAX_VALUE_BYTES;
 pub use stats::{CategoryStats, LocalStats, Stats};
 pub use ttl::{DEFAULT_JITTER, DEFAULT_TTL, MAX_TTL, TtlPolicy};
 

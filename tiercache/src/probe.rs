@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use crate::coherence::Coherence;
+use crate::memory;
 
 /// Aborts the task it holds when dropped.
 #[derive(Debug)]
@@ -82,6 +83,8 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
                 outage_ms = outage.elapsed().as_millis() as u64,
                 "redis answers again; circuit breaker closed"
             );
+            // If Redis was away at start-up, this is the cache's first connection.
+            memory::check_settings(remote).await;
             break;
         }
     }

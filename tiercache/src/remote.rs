@@ -10,7 +10,9 @@
 //! 2. bounds the call by the per-operation timeout (default 50 ms), so a hung Redis (SIGSTOP,
 //!    network partition) never holds a caller longer than that, and
 //! 3. records the outcome: successes close the failure streak; connection errors and timeouts
-//!    count towards opening the breaker and are logged at most once per interval.
+//!    count towards opening the breaker and are logged at most once per interval. An `OOM`
+//!    refusal (Redis at `maxmemory` under `noeviction`) is a failed write, counted apart and
+//!    never towards the breaker: Redis is up and still serves reads.
 //!
 //! What the commands mean for coherence (leases, tag versions, notices) is decided in
 //! `coherence`; this module only says how each is spelled, and keeps each change and its notice
@@ -51,6 +53,7 @@ pub(crate) struct ServerInfo {
     pub(crate) evicted_keys: Option<u64>,
     pub(crate) used_memory: Option<u64>,
     pub(crate) maxmemory: Option<u64>,
+    pub(crate) maxmemory_policy: Option<String>,
     pub(crate) used_memory_human: Option<String>,
 }
 
@@ -160,6 +163,11 @@ pub(crate) struct Remote {
     pub(crate) breaker: Breaker,
     counters: Arc<Counters>,
     failure_log: LogLimiter,
+    /// OOM refusals come with every write while Redis is full: one line per interval.
+    oom_log: LogLimiter,
+    /// Whether Redis's memory settings were checked: once per cache, on its first connection
+    /// (at start-up, or on recovery if Redis was away then). See `memory`.
+    pub(crate) memory_checked: std::sync::atomic::AtomicBool,
     /// `host:port/db` (and user), never the password: safe to log.
     pub(crate) addr: String,
     lease_script: redis::Script,
@@ -201,6 +209,8 @@ impl Remote {
             breaker: Breaker::new(config.breaker_threshold, false),
             counters,
             failure_log: LogLimiter::new(Duration::from_secs(5)),
+            oom_log: LogLimiter::new(Duration::from_secs(60)),
+            memory_checked: std::sync::atomic::AtomicBool::new(false),
             addr,
             lease_script: redis::Script::new(LEASE_SCRIPT),
             fill_script: redis::Script::new(FILL_SCRIPT),
@@ -235,9 +245,8 @@ impl Remote {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.counters.error();
                 let err = Error::Redis(e);
-                self.failed(op, &err);
+                self.answered_with(op, &err);
                 Err(err)
             }
             Err(_) => {
@@ -247,6 +256,27 @@ impl Remote {
                 Err(err)
             }
         }
+    }
+
+    /// Counts and logs an error reply. Redis answered, so the breaker's streak is untouched
+    /// (only unreachable errors count towards it); an `OOM` refusal is a failed write, counted
+    /// apart from errors.
+    fn answered_with(&self, op: &'static str, err: &Error) {
+        if err.is_oom() {
+            self.counters.oom_write_failure();
+            if let Some(suppressed) = self.oom_log.check() {
+                tracing::warn!(
+                    op,
+                    error = %err,
+                    suppressed,
+                    addr = %self.addr,
+                    "redis refused a write: it is at maxmemory and its maxmemory-policy does not let it evict (noeviction); values are not being stored, reads and invalidations go on. Fix: set maxmemory-policy allkeys-lru (or volatile-lru), or raise maxmemory"
+                );
+            }
+            return;
+        }
+        self.counters.error();
+        self.failed(op, err);
     }
 
     fn failed(&self, op: &'static str, err: &Error) {
@@ -307,8 +337,7 @@ impl Remote {
         for reply in replies {
             if let Value::ServerError(e) = reply {
                 let err = Error::Redis(e.clone().into());
-                self.counters.error();
-                self.failed(op, &err);
+                self.answered_with(op, &err);
                 return Err(err);
             }
         }
@@ -736,6 +765,20 @@ impl Remote {
         Ok(parse_info(&text))
     }
 
+    /// `INFO memory`, for the start-up check of Redis's memory settings. Not an operation of
+    /// the cache: a refusal (an ACL user without `info`) or a failure is returned without being
+    /// counted or logged, and the breaker is left alone.
+    pub(crate) async fn memory_settings(&self) -> Result<ServerInfo> {
+        let mut conn = ConnectionManager::clone(&self.conn.load());
+        let text: String = tokio::time::timeout(
+            self.connect_timeout,
+            redis::cmd("INFO").arg("memory").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| Error::Timeout(self.connect_timeout))??;
+        Ok(parse_info(&text))
+    }
+
     /// Replaces the connection manager with a new one that connects afresh.
     ///
     /// The manager reconnects by itself only when its connection *fails*. A connection whose
@@ -845,6 +888,7 @@ fn parse_info(text: &str) -> ServerInfo {
             "evicted_keys" => out.evicted_keys = v.parse().ok(),
             "used_memory" => out.used_memory = v.parse().ok(),
             "maxmemory" => out.maxmemory = v.parse().ok(),
+            "maxmemory_policy" => out.maxmemory_policy = Some(v.to_owned()),
             "used_memory_human" => out.used_memory_human = Some(v.to_owned()),
             _ => {}
         }
@@ -858,13 +902,14 @@ mod tests {
 
     #[test]
     fn info_fields_are_parsed() {
-        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\n# Stats\r\nevicted_keys:7\r\n";
+        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n# Stats\r\nevicted_keys:7\r\n";
         assert_eq!(
             parse_info(text),
             ServerInfo {
                 evicted_keys: Some(7),
                 used_memory: Some(1_048_576),
                 maxmemory: Some(0),
+                maxmemory_policy: Some("noeviction".into()),
                 used_memory_human: Some("1.00M".into()),
             }
         );

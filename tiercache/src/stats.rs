@@ -29,6 +29,8 @@
 //! | `tiercache_short_circuits_total` | counter | | calls skipped because the breaker was open |
 //! | `tiercache_breaker_trips_total` | counter | | times the circuit breaker opened |
 //! | `tiercache_channel_losses_total` | counter | | times the invalidation channel was lost |
+//! | `tiercache_oversized_total` | counter | | values not stored because their encoded size (after compression) exceeds `max_value_bytes` |
+//! | `tiercache_write_failures_total` | counter | `reason` (`oom`) | writes Redis refused: `oom` when it is at `maxmemory` and may not evict (`noeviction`); reads go on |
 //! | `tiercache_invalidation_lag_seconds` | histogram | | publication to arrival of another instance's notice, on this instance's clock |
 //!
 //! Handles are registered when the cache is built: a recorder installed after that is not
@@ -66,6 +68,13 @@ pub struct Stats {
     pub timeouts: u64,
     /// Calls skipped because the circuit breaker was open.
     pub short_circuits: u64,
+    /// Values not stored because, encoded (after compression), they exceed the
+    /// [`max_value_bytes`](crate::CacheBuilder::max_value_bytes) limit; the caller still got them.
+    pub oversized: u64,
+    /// Write calls (a load's lease or fill, an insert's pipeline, a noting of tag versions)
+    /// that Redis refused with `OOM` (at `maxmemory` under `noeviction`): nothing was stored,
+    /// no caller was failed, the breaker stayed closed. Not counted in `errors`.
+    pub oom_write_failures: u64,
     /// Redis calls made (round trips: a command, a pipeline, a SCAN page), failed ones
     /// included: the denominator of an error rate.
     pub redis_calls: u64,
@@ -81,6 +90,9 @@ pub struct Stats {
     /// refuses writes, by its policy). `Some(0)` means no limit is set (Redis's own way of
     /// saying it); `None` when Redis did not answer.
     pub maxmemory_bytes: Option<u64>,
+    /// `maxmemory_policy` from Redis `INFO memory`, such as `allkeys-lru`: what Redis does at
+    /// `maxmemory` (`noeviction` refuses writes).
+    pub maxmemory_policy: Option<String>,
     /// `used_memory_human` from Redis `INFO memory`, such as `1.05M`.
     pub used_memory_human: Option<String>,
     /// Keys in this cache's namespace, counted with SCAN (never blocks Redis).
@@ -217,6 +229,14 @@ impl Counted {
         }
     }
 
+    /// A counter whose metric also carries `reason`.
+    fn with_reason(name: &'static str, namespace: &str, reason: &'static str) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            metric: metrics::counter!(name, "namespace" => namespace.to_owned(), "reason" => reason),
+        }
+    }
+
     fn add(&self, n: u64) {
         self.value.fetch_add(n, Relaxed);
         self.metric.increment(n);
@@ -241,6 +261,8 @@ pub(crate) struct Counters {
     timeouts: Counted,
     short_circuits: Counted,
     loader_runs: Counted,
+    oversized: Counted,
+    oom_write_failures: Counted,
     tag_invalidations: AtomicU64,
     /// One add per Redis call (a round trip costs microseconds; one line is no contention).
     redis_calls: AtomicU64,
@@ -305,6 +327,12 @@ impl Counters {
             timeouts: Counted::new("tiercache_timeouts_total", namespace),
             short_circuits: Counted::new("tiercache_short_circuits_total", namespace),
             loader_runs: Counted::new("tiercache_loads_total", namespace),
+            oversized: Counted::new("tiercache_oversized_total", namespace),
+            oom_write_failures: Counted::with_reason(
+                "tiercache_write_failures_total",
+                namespace,
+                "oom",
+            ),
             tag_invalidations: AtomicU64::new(0),
             redis_calls: AtomicU64::new(0),
             categories: categories
@@ -356,6 +384,16 @@ impl Counters {
 
     pub(crate) fn short_circuit(&self) {
         self.short_circuits.add(1);
+    }
+
+    /// A value too large to store.
+    pub(crate) fn oversized(&self) {
+        self.oversized.add(1);
+    }
+
+    /// A write Redis refused with `OOM`.
+    pub(crate) fn oom_write_failure(&self) {
+        self.oom_write_failures.add(1);
     }
 
     /// A hit served by the in-process tier (a hit of its category too).
@@ -438,6 +476,8 @@ impl Counters {
             errors: self.errors.get(),
             timeouts: self.timeouts.get(),
             short_circuits: self.short_circuits.get(),
+            oversized: self.oversized.get(),
+            oom_write_failures: self.oom_write_failures.get(),
             loader_runs: self.loader_runs.get(),
             local_hits: self
                 .categories

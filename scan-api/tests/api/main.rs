@@ -20,6 +20,7 @@ mod faults;
 mod fixtures;
 mod http_caching;
 mod latest;
+mod memory;
 mod metrics;
 mod modes;
 mod openapi;

@@ -136,6 +136,7 @@ fn settings(mode: CacheMode, redis_url: Option<String>) -> Common {
         cache_namespace: "scan-api".into(),
         app_env: "test".into(),
         cache_local_capacity: scan_api::cache_policy::LOCAL_CAPACITY,
+        cache_max_value_bytes: tiercache::DEFAULT_MAX_VALUE_BYTES,
         cache_enabled: true,
     }
 }

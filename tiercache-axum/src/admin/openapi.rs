@@ -103,6 +103,9 @@ struct CacheStats {
     memory_used_bytes: Option<u64>,
     /// Redis's `maxmemory` in bytes (0: no limit); `null` without Redis.
     maxmemory_bytes: Option<u64>,
+    /// Redis's `maxmemory-policy` (such as `allkeys-lru`; `noeviction` refuses writes when
+    /// full); `null` without Redis.
+    maxmemory_policy: Option<String>,
     /// Reads answered from the cache (either tier).
     hits: u64,
     /// Of those, reads answered by the in-process tier.
@@ -121,6 +124,12 @@ struct CacheStats {
     errors: u64,
     /// Redis calls that timed out.
     timeouts: u64,
+    /// Values not stored because, encoded (after compression), they exceed the cache's
+    /// `max_value_bytes`; their callers still got them.
+    oversized: u64,
+    /// Writes Redis refused with `OOM` (at `maxmemory` under `noeviction`): not stored, no
+    /// caller failed, the breaker stayed closed; not counted in `errors`.
+    oom_write_failures: u64,
     /// Loads run on a miss.
     loader_runs: u64,
     /// Whether Redis answers now.

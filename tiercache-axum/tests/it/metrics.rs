@@ -122,6 +122,7 @@ async fn counters_move_exactly_as_the_operations_and_the_output_parses() {
         "tiercache_breaker_trips_total",
         "tiercache_channel_losses_total",
         "tiercache_short_circuits_total",
+        "tiercache_oversized_total",
     ] {
         assert_eq!(delta(quiet, &[]), 0.0, "{quiet}");
     }

@@ -13,6 +13,7 @@ mod coalescing;
 mod faults;
 mod invalidation;
 mod local;
+mod memory;
 mod ops;
 mod standalone;
 mod stats;
