@@ -741,7 +741,9 @@ impl Remote {
     /// The manager reconnects by itself only when its connection *fails*. A connection whose
     /// peer vanished without a reset (a network partition, a moved VIP, a failover) just stops
     /// answering until TCP gives up, which takes many minutes; recovery calls this after
-    /// repeated probe timeouts. Calls in flight finish on the old connection.
+    /// repeated probe timeouts. And a reconnection that fails for another reason than I/O (see
+    /// [`kept_by_the_manager`]) is never retried by the manager; recovery calls this then too.
+    /// Calls in flight finish on the old connection.
     pub(crate) fn reconnect(&self) -> Result<()> {
         let fresh = ConnectionManager::new_lazy_with_config(
             self.client.clone(),
@@ -771,6 +773,21 @@ impl Remote {
         .await?;
         Ok(start.elapsed())
     }
+}
+
+/// Whether the connection manager keeps `err` as its connection for good, so that only a new
+/// manager ([`Remote::reconnect`]) can connect again.
+///
+/// redis-rs 1.8 (`aio/connection_manager.rs`) stores each connection attempt as a shared
+/// future. When a command finds that future failed, `reconnect_if_io_error!` starts a new
+/// attempt only for an I/O error; any other failure of the attempt stays the manager's
+/// connection, and every later command gets the same error back without touching the network,
+/// even after Redis is restarted. That happens when the login is refused (`AUTH` with a user
+/// switched off or a password being rotated: `AuthenticationFailed`) or the database cannot be
+/// selected. A PING that failed with an error other than I/O or a timeout is such a case (or a
+/// PING the ACL refuses, where a new manager costs one more login per probe).
+pub(crate) fn kept_by_the_manager(err: &Error) -> bool {
+    matches!(err, Error::Redis(e) if !e.is_io_error() && !e.is_timeout())
 }
 
 /// Appends, per tag, `SET tag fresh NX GET PX life` (the current version, or `fresh` if it had
@@ -879,5 +896,32 @@ mod tests {
         let d = describe(&info);
         assert_eq!(d, "alice@127.0.0.1:6390/2");
         assert!(!d.contains("s3cret"));
+    }
+
+    #[test]
+    fn only_failures_the_manager_keeps_call_for_a_new_one() {
+        let refused = Error::Redis(
+            (
+                redis::ErrorKind::AuthenticationFailed,
+                "Password authentication failed",
+            )
+                .into(),
+        );
+        assert!(refused.is_auth());
+        assert!(
+            refused.is_unreachable(),
+            "a refused login opens the breaker"
+        );
+        assert!(kept_by_the_manager(&refused));
+        let reset = Error::Redis(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
+        assert!(!reset.is_auth());
+        assert!(
+            !kept_by_the_manager(&reset),
+            "the manager reconnects by itself"
+        );
+        assert!(!kept_by_the_manager(&Error::Timeout(
+            Duration::from_millis(50)
+        )));
+        assert!(!kept_by_the_manager(&Error::Unavailable));
     }
 }
