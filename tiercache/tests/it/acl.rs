@@ -9,7 +9,7 @@ use tiercache::Cache;
 use tiercache_testkit::RedisServer;
 
 use crate::faults::{OP_TIMEOUT, calls_stay_bounded, first_hit_after_recovery};
-use crate::helpers::{builder, cat, wait_until};
+use crate::helpers::{builder, cat, wait_live, wait_until};
 
 const USER: &str = "svc";
 const PASSWORD: &str = "pw";
@@ -154,4 +154,36 @@ async fn a_killed_command_connection_is_served_within_a_second() {
     let since = Instant::now();
     calls_stay_bounded(&cache, "command connection killed", 10).await;
     served_again(&cache, since, "command connection killed").await;
+}
+
+/// With an in-process tier: `CLIENT KILL USER` also ends the subscriber, so the tier stops
+/// serving; once the user is on again, the tier is live again within 1 s (its heartbeats travel
+/// on the command connection, which must come back too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_tier_serves_again_within_a_second_of_the_user_switched_on() {
+    let server = RedisServer::start_with_user(USER, PASSWORD);
+    let cache = builder(&server)
+        .username(USER)
+        .password(PASSWORD)
+        .op_timeout(OP_TIMEOUT)
+        .local_capacity(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    wait_live(&cache, true).await;
+    admin(&server, &["ACL", "SETUSER", USER, "off"]);
+    kill_user_connections(&server);
+    wait_live(&cache, false).await;
+    falls_back_while_refused(&server, &cache, "user off, tiered").await;
+
+    admin(&server, &["ACL", "SETUSER", USER, "on"]);
+    let on = Instant::now();
+    served_again(&cache, on, "user switched on, tiered").await;
+    wait_live(&cache, true).await;
+    let took = on.elapsed();
+    eprintln!("user switched on, tiered: the tier serves again {took:?} after the fault ended");
+    assert!(
+        took <= Duration::from_secs(1),
+        "the tier serves only {took:?} after the user was switched on"
+    );
 }
