@@ -216,7 +216,18 @@ fn svc_connections(server: &RedisServer, subscribers: bool) -> Vec<String> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug)]
+/// `calls=N` of `command` in `INFO commandstats`, 0 if never called.
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let info = admin(server, &["INFO", "commandstats"]);
+    let needle = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     Kill9,
     Sigstop,
@@ -357,6 +368,19 @@ struct Row {
     worst_added: Duration,
     stale: u64,
     first_hit: Duration,
+    /// Redis calls that failed, timed out or were skipped by the open breaker, on both
+    /// instances: shows that the fault reached the cache.
+    redis_failures: u64,
+}
+
+/// Redis calls that failed, timed out or were skipped, on both instances, so far.
+async fn redis_failures(rig: &Rig) -> u64 {
+    let mut n = 0;
+    for app in &rig.apps {
+        let s = app.cache.stats_without_keys().await;
+        n += s.errors + s.timeouts + s.short_circuits;
+    }
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,6 +436,8 @@ async fn every_fault_in_turn_two_instances_under_load() {
 
     let mut rows = Vec::new();
     for fault in Fault::ALL {
+        let failures_before = redis_failures(&rig).await;
+        let loads_before = command_calls(&env.redis, "script|load");
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
         let load = start_load(&rig, &tally, &stop);
@@ -434,6 +460,7 @@ async fn every_fault_in_turn_two_instances_under_load() {
             worst_added: worst.saturating_sub(median),
             stale: tally.stale.load(SeqCst),
             first_hit,
+            redis_failures: redis_failures(&rig).await - failures_before,
         };
         let checked = tally.checked.load(SeqCst);
         eprintln!(
@@ -445,6 +472,20 @@ async fn every_fault_in_turn_two_instances_under_load() {
             "{}: no read was checked for staleness",
             row.fault
         );
+        // Each fault reached the cache: its calls failed, or (for the faults a cache rides
+        // through without a failed call) it did what the fault requires.
+        match fault {
+            Fault::KillSubscriber | Fault::Flushall => {}
+            Fault::ScriptFlush => assert!(
+                command_calls(&env.redis, "script|load") > loads_before,
+                "the scripts are loaded again after SCRIPT FLUSH"
+            ),
+            _ => assert!(
+                row.redis_failures > 0,
+                "{}: no Redis call failed",
+                row.fault
+            ),
+        }
         let failures = tally
             .failures
             .lock()
@@ -455,18 +496,19 @@ async fn every_fault_in_turn_two_instances_under_load() {
     }
 
     println!(
-        "\n| fault | requests | not 200/201 | worst added latency | stale reads (beyond Δ) | first cache hit after the fault |"
+        "\n| fault | requests | not 200/201 | worst added latency | stale reads (beyond Δ) | first cache hit after the fault | failed Redis calls |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} ms | {} | {} ms |",
+            "| {} | {} | {} | {} ms | {} | {} ms | {} |",
             r.fault,
             r.made,
             r.failed,
             r.worst_added.as_millis(),
             r.stale,
-            r.first_hit.as_millis()
+            r.first_hit.as_millis(),
+            r.redis_failures
         );
     }
     println!("(healthy median {median:?}; op timeout {OP_TIMEOUT:?}; Δ {DELTA:?})\n");
