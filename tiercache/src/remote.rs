@@ -782,12 +782,15 @@ impl Remote {
 /// future. When a command finds that future failed, `reconnect_if_io_error!` starts a new
 /// attempt only for an I/O error; any other failure of the attempt stays the manager's
 /// connection, and every later command gets the same error back without touching the network,
-/// even after Redis is restarted. That happens when the login is refused (`AUTH` with a user
-/// switched off or a password being rotated: `AuthenticationFailed`) or the database cannot be
-/// selected. A PING that failed with an error other than I/O or a timeout is such a case (or a
-/// PING the ACL refuses, where a new manager costs one more login per probe).
+/// even after Redis is restarted. The case that matters is a refused login (`AUTH` as an ACL
+/// user switched off, or with a password being rotated: `AuthenticationFailed`), which only
+/// connection set-up produces: nothing was sent on that connection, so replacing it cannot
+/// reorder changes. Errors that an established connection may return (`BUSY`, `LOADING`, a
+/// refused command) are not matched: changes may be queued on that connection, and a new one
+/// could overtake them. (A `SELECT` refused at set-up is kept too, but cannot be told from a
+/// refused command; it needs the database setting fixed, and a restart, anyway.)
 pub(crate) fn kept_by_the_manager(err: &Error) -> bool {
-    matches!(err, Error::Redis(e) if !e.is_io_error() && !e.is_timeout())
+    err.is_auth()
 }
 
 /// Appends, per tag, `SET tag fresh NX GET PX life` (the current version, or `fresh` if it had
@@ -918,6 +921,17 @@ mod tests {
         assert!(
             !kept_by_the_manager(&reset),
             "the manager reconnects by itself"
+        );
+        let loading = Error::Redis(
+            (
+                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+                "LOADING",
+            )
+                .into(),
+        );
+        assert!(
+            !kept_by_the_manager(&loading),
+            "changes may be queued on it"
         );
         assert!(!kept_by_the_manager(&Error::Timeout(
             Duration::from_millis(50)

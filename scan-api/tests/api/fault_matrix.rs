@@ -4,9 +4,10 @@
 //! 200/201 (must be 0: the database stays healthy), the worst latency added over the healthy
 //! median (bounded by the op timeout times the Redis calls of a request, plus scheduling noise),
 //! the reads older than a write acknowledged more than Δ before they began (must be 0), and the
-//! time from the fault's end to the first cache hit on both instances (must be ≤ 1 s).
+//! time from the fault's end to the first cache hit on both instances (must be ≤ 1 s, but for
+//! a partition that loses the connections: see [`PARTITION_RECOVERY`]).
 //!
-//! Redis-only, one long test (about 40 s): run it alone with
+//! Redis-only, one long test (about 25 s): run it alone with
 //! `cargo test -p scan-api --test api fault_matrix -- --nocapture`.
 
 use std::sync::Arc;
@@ -32,6 +33,12 @@ const SLACK: Duration = Duration::from_millis(400);
 const FAULT_TIME: Duration = Duration::from_secs(1);
 /// Δ: how far behind an acknowledged write a read may be (the in-process tier's lease).
 const DELTA: Duration = DEFAULT_LOCAL_LEASE;
+/// The one exception to "a hit within 1 s of the fault's end", a known gap: after a partition
+/// that lost the connections' state, the cache keeps its connection until three recovery
+/// probes in a row have timed out (each 250 ms of cool-down plus the 1 s connect timeout),
+/// because a connection that is merely slow may still deliver changes queued on it, and a new
+/// connection could overtake them. So it recovers about 3.3 s after the partition ends.
+const PARTITION_RECOVERY: Duration = Duration::from_millis(3 * 1250 + 500);
 const IMAGE: &str = "fm/app";
 const LATEST: &str = "/api/images/fm%2Fapp/latest";
 
@@ -241,12 +248,13 @@ enum Fault {
     ScriptFlush,
     Latency200ms,
     BlackHole,
+    Partition,
     Reset,
     Refuse,
 }
 
 impl Fault {
-    const ALL: [Fault; 14] = [
+    const ALL: [Fault; 15] = [
         Fault::Kill9,
         Fault::Sigstop,
         Fault::ClientPause,
@@ -259,6 +267,7 @@ impl Fault {
         Fault::ScriptFlush,
         Fault::Latency200ms,
         Fault::BlackHole,
+        Fault::Partition,
         Fault::Reset,
         Fault::Refuse,
     ];
@@ -277,6 +286,7 @@ impl Fault {
             Fault::ScriptFlush => "SCRIPT FLUSH",
             Fault::Latency200ms => "+200 ms latency 1 s",
             Fault::BlackHole => "black hole 1 s",
+            Fault::Partition => "partition 1 s, connections lost",
             Fault::Reset => "resets 1 s",
             Fault::Refuse => "refused 1 s",
         }
@@ -341,6 +351,14 @@ impl Fault {
                 proxy.heal();
             }
             Fault::BlackHole => {
+                proxy.blackhole();
+                tokio::time::sleep(FAULT_TIME).await;
+                proxy.heal();
+            }
+            Fault::Partition => {
+                // Open connections never carry a byte again (their state was lost on the
+                // way, as behind a restarted NAT or load balancer); new ones work after it.
+                proxy.blackhole_existing();
                 proxy.blackhole();
                 tokio::time::sleep(FAULT_TIME).await;
                 proxy.heal();
@@ -516,8 +534,13 @@ async fn every_fault_in_turn_two_instances_under_load() {
     for r in &rows {
         assert_eq!(r.failed, 0, "{}: requests failed", r.fault);
         assert_eq!(r.stale, 0, "{}: stale reads beyond Δ", r.fault);
+        let recovery = if r.fault == Fault::Partition.label() {
+            PARTITION_RECOVERY
+        } else {
+            Duration::from_secs(1)
+        };
         assert!(
-            r.first_hit <= Duration::from_secs(1),
+            r.first_hit <= recovery,
             "{}: first hit {:?} after the fault ended",
             r.fault,
             r.first_hit
