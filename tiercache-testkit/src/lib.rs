@@ -12,8 +12,8 @@
 //!
 //! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
-//! - `fault_proxy`: [`FaultProxy`], a TCP proxy that can black-hole existing connections
-//!   (a peer that vanished without a reset) while new ones work.
+//! - `fault_proxy`: [`FaultProxy`], a TCP proxy that makes network faults: added latency, a
+//!   black hole (for open connections only, or for all), resets, refusals.
 //! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
 //! - `capture`: [`capture()`], the events and spans one test logs, for tests of what is logged.
 //! - `exposition`: a strict parser of the Prometheus text format, for tests that scrape

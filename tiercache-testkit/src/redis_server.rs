@@ -123,6 +123,48 @@ impl RedisServer {
         );
     }
 
+    /// Like [`RedisServer::start`], with one more ACL user: `user`, logging in with
+    /// `password`, allowed every key, channel and command (`ACL SETUSER user on >password ~*
+    /// &* +@all`), as an application's own Redis user would be. The user is declared on the
+    /// command line, so it exists again after [`RedisServer::restart`], with this password.
+    /// [`RedisServer::command`] still runs as the `default` user, which can switch `user` off
+    /// and on (`ACL SETUSER`) or end its connections (`CLIENT KILL USER`).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_with_user(user: &str, password: &str) -> RedisServer {
+        let password = format!(">{password}");
+        Self::start_with_args(&["--user", user, "on", &password, "~*", "&*", "+@all"])
+    }
+
+    /// How many logins the server has refused since it started: the sum of the `count`
+    /// fields of `ACL LOG` entries whose reason is `auth`. A test waits on it to know that a
+    /// client tried, and failed, to log in.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not answer `ACL LOG`.
+    pub fn refused_logins(&self) -> u64 {
+        let log = self.command(&["ACL", "LOG"]).expect("ACL LOG");
+        // Each entry is a flat map in RESP, one element per line, `count` before `reason`:
+        // `$5 count :2 $6 reason $4 auth ...`.
+        let mut refused = 0;
+        let mut count = 0;
+        let mut lines = log.lines().filter(|l| !l.starts_with('$'));
+        while let Some(line) = lines.next() {
+            match line {
+                "count" => {
+                    let n = lines.next().map(|n| n.trim_start_matches(':'));
+                    count = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+                }
+                "reason" if lines.next() == Some("auth") => refused += count,
+                _ => {}
+            }
+        }
+        refused
+    }
+
     /// The TCP port the server listens on; stays the same across [`RedisServer::restart`].
     pub fn port(&self) -> u16 {
         self.port

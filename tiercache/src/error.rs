@@ -84,10 +84,18 @@ impl Error {
         }
     }
 
-    /// True when Redis is unreachable for any reason: a timeout, a connection failure or an
-    /// open circuit. These are the errors that mean "serve from the source instead".
+    /// True when Redis refused the cache's login: a wrong password, or an ACL user that is
+    /// switched off or missing. Usually fixed on the Redis side (a rotation completed, the user
+    /// switched on again); the cache keeps trying and serves again once the login works.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.kind() == redis::ErrorKind::AuthenticationFailed)
+    }
+
+    /// True when Redis is unreachable for any reason: a timeout, a connection failure, a
+    /// refused login or an open circuit. These are the errors that mean "serve from the source
+    /// instead".
     pub fn is_unreachable(&self) -> bool {
-        self.is_timeout() || self.is_connection() || self.is_unavailable()
+        self.is_timeout() || self.is_connection() || self.is_auth() || self.is_unavailable()
     }
 
     /// True when Redis refused a write because it is at its `maxmemory` and its policy

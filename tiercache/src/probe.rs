@@ -2,7 +2,10 @@
 //!
 //! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
 //! After three timeouts in a row it replaces the connection, whose peer may have vanished
-//! without a reset.
+//! without a reset. After a refused login (an ACL user switched off, a password being rotated)
+//! it replaces the connection at once and PINGs again: the driver keeps a failed login as its
+//! connection for good (see `remote::kept_by_the_manager`), so without this the cache would
+//! stay off until the process restarts. Hits resume within a cool-down of the login working.
 //! When Redis answers, it replays the changes that were lost during the outage (see
 //! `invalidation`) and only then closes the breaker, so the cache never serves a value that an acknowledged write
 //! invalidated. With the defaults the first hit after Redis returns follows within about 300 ms.
@@ -17,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::coherence::Coherence;
 use crate::memory;
+use crate::remote::kept_by_the_manager;
 
 /// Aborts the task it holds when dropped.
 #[derive(Debug)]
@@ -49,9 +53,23 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
         remote.breaker.wait_open().await;
         let outage = Instant::now();
         let mut timeouts = 0;
+        let mut refused_logged = false;
         loop {
             tokio::time::sleep(cooldown).await;
-            let rtt = match remote.probe().await {
+            let probed = match remote.probe().await {
+                Err(e) if kept_by_the_manager(&e) => {
+                    if !refused_logged {
+                        refused_logged = true;
+                        tracing::warn!(addr = %remote.addr, error = %e, "redis refused the connection; retrying on a new one every cool-down");
+                    }
+                    match remote.reconnect() {
+                        Ok(()) => remote.probe().await,
+                        Err(_) => Err(e),
+                    }
+                }
+                probed => probed,
+            };
+            let rtt = match probed {
                 Ok(rtt) => rtt,
                 Err(e) => {
                     timeouts = if e.is_timeout() { timeouts + 1 } else { 0 };

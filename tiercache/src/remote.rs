@@ -784,7 +784,9 @@ impl Remote {
     /// The manager reconnects by itself only when its connection *fails*. A connection whose
     /// peer vanished without a reset (a network partition, a moved VIP, a failover) just stops
     /// answering until TCP gives up, which takes many minutes; recovery calls this after
-    /// repeated probe timeouts. Calls in flight finish on the old connection.
+    /// repeated probe timeouts. And a reconnection that fails for another reason than I/O (see
+    /// [`kept_by_the_manager`]) is never retried by the manager; recovery calls this then too.
+    /// Calls in flight finish on the old connection.
     pub(crate) fn reconnect(&self) -> Result<()> {
         let fresh = ConnectionManager::new_lazy_with_config(
             self.client.clone(),
@@ -814,6 +816,24 @@ impl Remote {
         .await?;
         Ok(start.elapsed())
     }
+}
+
+/// Whether the connection manager keeps `err` as its connection for good, so that only a new
+/// manager ([`Remote::reconnect`]) can connect again.
+///
+/// redis-rs 1.8 (`aio/connection_manager.rs`) stores each connection attempt as a shared
+/// future. When a command finds that future failed, `reconnect_if_io_error!` starts a new
+/// attempt only for an I/O error; any other failure of the attempt stays the manager's
+/// connection, and every later command gets the same error back without touching the network,
+/// even after Redis is restarted. The case that matters is a refused login (`AUTH` as an ACL
+/// user switched off, or with a password being rotated: `AuthenticationFailed`), which only
+/// connection set-up produces: nothing was sent on that connection, so replacing it cannot
+/// reorder changes. Errors that an established connection may return (`BUSY`, `LOADING`, a
+/// refused command) are not matched: changes may be queued on that connection, and a new one
+/// could overtake them. (A `SELECT` refused at set-up is kept too, but cannot be told from a
+/// refused command; it needs the database setting fixed, and a restart, anyway.)
+pub(crate) fn kept_by_the_manager(err: &Error) -> bool {
+    err.is_auth()
 }
 
 /// Appends, per tag, `SET tag fresh NX GET PX life` (the current version, or `fresh` if it had
@@ -924,5 +944,43 @@ mod tests {
         let d = describe(&info);
         assert_eq!(d, "alice@127.0.0.1:6390/2");
         assert!(!d.contains("s3cret"));
+    }
+
+    #[test]
+    fn only_failures_the_manager_keeps_call_for_a_new_one() {
+        let refused = Error::Redis(
+            (
+                redis::ErrorKind::AuthenticationFailed,
+                "Password authentication failed",
+            )
+                .into(),
+        );
+        assert!(refused.is_auth());
+        assert!(
+            refused.is_unreachable(),
+            "a refused login opens the breaker"
+        );
+        assert!(kept_by_the_manager(&refused));
+        let reset = Error::Redis(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
+        assert!(!reset.is_auth());
+        assert!(
+            !kept_by_the_manager(&reset),
+            "the manager reconnects by itself"
+        );
+        let loading = Error::Redis(
+            (
+                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+                "LOADING",
+            )
+                .into(),
+        );
+        assert!(
+            !kept_by_the_manager(&loading),
+            "changes may be queued on it"
+        );
+        assert!(!kept_by_the_manager(&Error::Timeout(
+            Duration::from_millis(50)
+        )));
+        assert!(!kept_by_the_manager(&Error::Unavailable));
     }
 }

@@ -16,6 +16,7 @@ mod consistency;
 mod dashboard;
 mod deploy;
 mod errors;
+mod fault_matrix;
 mod faults;
 mod fixtures;
 mod http_caching;

@@ -10,7 +10,7 @@ use tiercache_testkit::RedisServer;
 
 use crate::helpers::{builder, cat, wait_until};
 
-const OP_TIMEOUT: Duration = Duration::from_millis(50);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_millis(50);
 const LOADER_TIME: Duration = Duration::from_millis(5);
 /// Scheduling noise allowed on a busy 2-core machine on top of the bound under test. Without the
 /// bound a hung call would take the 1 s connect timeout or forever, so this still fails loudly.
@@ -26,7 +26,7 @@ async fn fault_cache(server: &RedisServer) -> Cache {
 
 /// Runs `rounds` get_with calls on distinct keys, checking every value and every latency.
 /// Returns the slowest call.
-async fn calls_stay_bounded(cache: &Cache, label: &str, rounds: u32) -> Duration {
+pub(crate) async fn calls_stay_bounded(cache: &Cache, label: &str, rounds: u32) -> Duration {
     let mut slowest = Duration::ZERO;
     for i in 0..rounds {
         let key = cache.key(&cat::SCAN_RESULTS, [label, &i.to_string()]);
@@ -59,7 +59,7 @@ async fn calls_stay_bounded(cache: &Cache, label: &str, rounds: u32) -> Duration
 }
 
 /// Measures how long after Redis answers again the first cache hit is served.
-async fn first_hit_after_recovery(cache: &Cache) -> Duration {
+pub(crate) async fn first_hit_after_recovery(cache: &Cache) -> Duration {
     let key = cache.key(&cat::SCAN_RESULTS, ["recovery-probe"]);
     wait_until(
         Duration::from_secs(5),

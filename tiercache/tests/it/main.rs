@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod acl;
 mod chaos;
 mod coalescing;
 mod faults;

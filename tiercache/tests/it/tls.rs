@@ -146,3 +146,120 @@ async fn rediss_with_a_private_ca() {
         .unwrap_err();
     assert!(err.to_string().contains("rediss://"), "{err}");
 }
+
+/// Makes a client certificate signed by the CA in `dir` (made by [`make_certificates`]);
+/// returns its certificate and key, PEM.
+fn make_client_certificate(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl not found: install it with `apt-get install openssl`");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=tiercache test client",
+    ]);
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+    ]);
+    (
+        std::fs::read(dir.join("client.crt")).unwrap(),
+        std::fs::read(dir.join("client.key")).unwrap(),
+    )
+}
+
+/// Mutual TLS: the server requires a client certificate. With one the cache serves from
+/// Redis; without one the handshake fails and the cache falls back to the loader, bounded.
+#[tokio::test]
+async fn mutual_tls_requires_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certificates(dir.path());
+    let (cert, key) = make_client_certificate(dir.path());
+    let tls_port = free_port().to_string();
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let server = RedisServer::start_with_args(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+
+    let cache = builder(&server)
+        .url(url.clone())
+        .tls_root_certificate(ca.clone())
+        .tls_client_certificate(cert, key)
+        .build()
+        .await
+        .unwrap();
+    assert!(cache.is_connected(), "mutual TLS handshake");
+    let key = cache.key(&cat::SESSIONS, ["mtls"]);
+    cache.insert(&key, &"over mutual TLS").await;
+    assert_eq!(
+        cache.get::<String>(&key).await.as_deref(),
+        Some("over mutual TLS")
+    );
+    assert_eq!(server.command(&["EXISTS", key.as_str()]).unwrap(), ":1\r\n");
+
+    // The right CA but no client certificate: the server refuses the handshake.
+    let anonymous = builder(&server)
+        .url(url)
+        .tls_root_certificate(ca)
+        .build()
+        .await
+        .unwrap();
+    assert!(!anonymous.is_connected());
+    for i in 0..5u32 {
+        let start = std::time::Instant::now();
+        let v = anonymous
+            .get_with(&key, async move { format!("from the source {i}") })
+            .await;
+        assert_eq!(v, format!("from the source {i}"));
+        // The breaker opened at start-up: no call waits on the refused handshake.
+        assert!(
+            start.elapsed() < std::time::Duration::from_millis(100),
+            "call {i} took {:?}",
+            start.elapsed()
+        );
+    }
+    assert!(anonymous.ping().await.is_err());
+    assert_eq!(anonymous.stats().await.hits, 0);
+}
