@@ -386,17 +386,19 @@ struct Row {
     worst_added: Duration,
     stale: u64,
     first_hit: Duration,
-    /// Redis calls that failed, timed out or were skipped by the open breaker, on both
-    /// instances: shows that the fault reached the cache.
+    /// Redis calls that failed, timed out or were skipped by the open breaker, and writes
+    /// Redis refused (`OOM`: failed writes, not errors), on both instances: shows that the
+    /// fault reached the cache.
     redis_failures: u64,
 }
 
-/// Redis calls that failed, timed out or were skipped, on both instances, so far.
+/// Redis calls that failed, timed out or were skipped, and writes refused, on both instances,
+/// so far.
 async fn redis_failures(rig: &Rig) -> u64 {
     let mut n = 0;
     for app in &rig.apps {
         let s = app.cache.stats_without_keys().await;
-        n += s.errors + s.timeouts + s.short_circuits;
+        n += s.errors + s.timeouts + s.short_circuits + s.oom_write_failures;
     }
     n
 }
