@@ -10,7 +10,8 @@
 //!
 //! `redis-server` and `redis-cli` must be on `PATH` (`apt-get install redis-server`).
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,26 @@ pub enum Role {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// For [`RedisCluster::shared`] only (a `static` is never dropped): an `sh` child that
+    /// kills the nodes once this process is gone.
+    watchdog: Option<Child>,
 }
+
+/// Waits while the owner (`$1`) lives, then `SIGKILL`s the node pids (`$3...`) and removes their
+/// temp dirs (`$2`, a `:`-separated list; only `tiercache-redis-*` dirs are removed).
+const WATCHDOG_SCRIPT: &str = r#"
+owner=$1
+dirs=$2
+shift 2
+while kill -0 "$owner" 2>/dev/null; do sleep 0.2; done
+kill -KILL "$@" 2>/dev/null
+IFS=:
+for d in $dirs; do
+    case $d in
+        */tiercache-redis-*) rm -rf -- "$d" ;;
+    esac
+done
+"#;
 
 impl RedisCluster {
     /// Starts six nodes, creates the cluster (`redis-cli --cluster create`, one replica per
@@ -98,9 +118,46 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            watchdog: None,
+        };
         cluster.wait_until_ready();
         cluster
+    }
+
+    /// One cluster shared by every test of this test binary, started on first use. Tests that
+    /// share it use their own namespaces, and never change it (it is only reachable through a
+    /// shared reference: no kill, pause or failover). A watchdog kills its nodes shortly after
+    /// the test process exits.
+    pub fn shared() -> &'static RedisCluster {
+        static SHARED: OnceLock<RedisCluster> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let mut cluster = RedisCluster::start();
+            let dirs: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| n.dir().display().to_string())
+                .collect();
+            let mut watchdog = Command::new("sh");
+            watchdog
+                .arg("-c")
+                .arg(WATCHDOG_SCRIPT)
+                .arg("sh")
+                .arg(std::process::id().to_string())
+                .arg(dirs.join(":"));
+            for node in &cluster.nodes {
+                watchdog.arg(node.pid().expect("a node just started").to_string());
+            }
+            let child = watchdog
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("failed to spawn the cluster's watchdog shell: {e}"));
+            cluster.watchdog = Some(child);
+            cluster
+        })
     }
 
     /// Seed URLs, one per node (`redis://127.0.0.1:<port>/`), in node order.
@@ -250,6 +307,16 @@ impl RedisCluster {
                 );
             }
             thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    /// Stops the watchdog (the nodes themselves are killed by their own `Drop`). Never panics.
+    fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
     }
 }

@@ -131,6 +131,7 @@ mod clock;
 mod coalesce;
 mod codec;
 mod coherence;
+mod connection;
 mod error;
 mod history;
 mod invalidation;

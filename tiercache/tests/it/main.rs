@@ -9,6 +9,7 @@
 mod helpers;
 
 mod chaos;
+mod cluster;
 mod coalescing;
 mod faults;
 mod invalidation;
