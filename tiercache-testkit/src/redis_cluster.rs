@@ -285,6 +285,38 @@ impl RedisCluster {
         });
     }
 
+    /// After node `i` was killed (or stopped): waits until every running node flags it as
+    /// failed and serves none of its slots (its replica took them over), and the cluster is
+    /// ready. Returns how long that took.
+    ///
+    /// # Panics
+    ///
+    /// If that does not happen within 20 s.
+    pub fn wait_until_replaced(&self, i: usize) -> Duration {
+        let started = Instant::now();
+        let addr = format!("127.0.0.1:{}@", self.nodes[i].port());
+        self.wait(
+            &format!("node {i} to be flagged failed and replaced"),
+            || {
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, n)| *j != i && n.pid().is_some())
+                    .all(|(_, n)| {
+                        n.command(&["CLUSTER", "NODES"]).is_ok_and(|nodes| {
+                            nodes.lines().any(|l| {
+                                l.split(' ').nth(1).is_some_and(|a| a.starts_with(&addr))
+                                    && flags(l).is_some_and(|f| f.contains(&"fail"))
+                                    && l.split(' ').nth(8).is_none()
+                            })
+                        })
+                    })
+            },
+        );
+        self.wait_until_ready();
+        started.elapsed()
+    }
+
     fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + READY_TIMEOUT;
         while !cond() {

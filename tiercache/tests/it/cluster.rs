@@ -6,11 +6,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use tiercache::{Cache, CacheBuilder, Key, Tag};
-use tiercache_testkit::RedisCluster;
+use tiercache_testkit::{RedisCluster, Role};
 
 use crate::helpers::{cat, held_load, unique_namespace, wait_live, wait_until};
 
@@ -320,4 +320,178 @@ async fn pattern_invalidation_and_clear_reach_every_master() {
     assert_eq!(cache.clear().await.unwrap(), 30);
     assert_eq!(cache.keys(&all, 1000).await.unwrap().len(), 0);
     assert_eq!(cache.stats().await.keys, Some(0));
+}
+
+/// Every `get_with` on `keys` (each loads `i`) returns `i`; returns the slowest call.
+async fn read_all(cache: &Cache, keys: &[Key]) -> Duration {
+    let mut worst = Duration::ZERO;
+    for (i, key) in keys.iter().enumerate() {
+        let started = Instant::now();
+        assert_eq!(cache.get_with(key, async move { i as u64 }).await, i as u64);
+        worst = worst.max(started.elapsed());
+    }
+    worst
+}
+
+/// Load from `tasks` tasks until `stop`: reads through `get_with` and inserts, every answer
+/// checked; returns (calls, the slowest call).
+fn load(
+    cache: &Cache,
+    keys: &[Key],
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Duration)>> {
+    (0..tasks)
+        .map(|t| {
+            let (cache, keys, stop) = (cache.clone(), keys.to_vec(), stop.clone());
+            tokio::spawn(async move {
+                let (mut calls, mut worst) = (0u64, Duration::ZERO);
+                while !stop.load(Ordering::SeqCst) {
+                    let i = (calls as usize * 7 + t) % keys.len();
+                    let started = Instant::now();
+                    if calls % 10 == 0 {
+                        cache.insert(&keys[i], &(i as u64)).await;
+                    } else {
+                        let v = cache.get_with(&keys[i], async move { i as u64 }).await;
+                        assert_eq!(v, i as u64, "key {i}");
+                    }
+                    worst = worst.max(started.elapsed());
+                    calls += 1;
+                }
+                (calls, worst)
+            })
+        })
+        .collect()
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<(u64, Duration)>>) -> (u64, Duration) {
+    let mut total = (0, Duration::ZERO);
+    for t in tasks {
+        let (calls, worst) = t.await.unwrap();
+        total = (total.0 + calls, total.1.max(worst));
+    }
+    total
+}
+
+/// A coordinated `CLUSTER FAILOVER` of the master that serves some of the keys, under load from
+/// eight tasks: every call answers, correctly and promptly, and Redis serves again afterwards
+/// (redis-rs follows the MOVED to the new master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_under_load_fails_no_call() {
+    let cluster = Arc::new(RedisCluster::start());
+    let cache = cache(&cluster).await;
+    let keys = spread_keys(&cache, &cluster, 24);
+    read_all(&cache, &keys).await;
+    let master = cluster.master_of(keys[0].as_str()).unwrap();
+    let replica = cluster
+        .nodes_with_role(Role::Replica)
+        .into_iter()
+        .find(|&r| cluster.master_of_replica(r) == Some(master))
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&cache, &keys, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await; // load before the failover
+    let before = cache.stats().await;
+    let c = cluster.clone();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || c.failover(replica))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await; // and after
+    stop.store(true, Ordering::SeqCst);
+    let (calls, worst) = finish(tasks).await;
+    let after = cache.stats().await;
+    println!(
+        "CLUSTER FAILOVER in {took:?} under load: {calls} calls, none failed, slowest {worst:?}; \
+         redis errors {} and timeouts {} meanwhile",
+        after.errors - before.errors,
+        after.timeouts - before.timeouts
+    );
+    assert!(worst < Duration::from_secs(1), "slowest call {worst:?}");
+    assert_eq!(cluster.master_of(keys[0].as_str()), Some(replica));
+
+    // Redis serves every key again, the new master's included.
+    wait_until(
+        Duration::from_secs(10),
+        "the cache to use the cluster again",
+        || async { cache.is_connected() },
+    )
+    .await;
+    let runs = cache.stats().await.loader_runs;
+    for (i, key) in keys.iter().enumerate() {
+        cache.insert(key, &(i as u64 + 1000)).await;
+        assert_eq!(
+            cache.get::<u64>(key).await,
+            Some(i as u64 + 1000),
+            "key {i}"
+        );
+    }
+    assert_eq!(cache.stats().await.loader_runs, runs);
+}
+
+/// A master killed with -9 (the one that carries the invalidation channel, too): the cache falls
+/// back to the source at once (every call answers, within a bound), and once the master's replica
+/// has been promoted it uses the cluster again, tier included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_falls_back_then_recovers_after_its_promotion() {
+    let mut cluster = RedisCluster::start();
+    let ns = unique_namespace();
+    let cache = tiered(&cluster, &ns).await;
+    let keys = spread_keys(&cache, &cluster, 24);
+    read_all(&cache, &keys).await;
+    let channel = format!("{{test:{ns}:}}__invalidations");
+    let master = cluster.master_of(&channel).unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| cluster.master_of(k.as_str()) == Some(master))
+    );
+
+    cluster.node_mut(master).kill();
+    let killed = Instant::now();
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    let promoted = tokio::task::spawn_blocking(move || {
+        c.wait_until_replaced(master);
+        killed.elapsed()
+    });
+    // Until the replica takes over, and after: every call answers, from the source if need be.
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while !promoted.is_finished() {
+        worst = worst.max(read_all(&cache, &keys).await);
+        rounds += 1;
+    }
+    let promoted = promoted.await.unwrap();
+    println!(
+        "master killed; replica promoted after {promoted:?}; {rounds} rounds of reads, slowest {worst:?}"
+    );
+    assert!(worst < Duration::from_millis(500), "slowest call {worst:?}");
+
+    let recovered = wait_until(
+        Duration::from_secs(15),
+        "the cache to use the cluster again",
+        || async {
+            cache.is_connected()
+                && cache.contains(&keys[0]).await.is_ok()
+                && cache.stats().await.local.is_some_and(|l| l.live)
+        },
+    )
+    .await;
+    println!("cache back on the cluster {recovered:?} after the promotion was seen");
+    let runs = cache.stats().await.loader_runs;
+    for (i, key) in keys.iter().enumerate() {
+        cache.insert(key, &(i as u64 + 1000)).await;
+        assert_eq!(
+            cache.get::<u64>(key).await,
+            Some(i as u64 + 1000),
+            "key {i}"
+        );
+    }
+    assert_eq!(
+        cache.stats().await.loader_runs,
+        runs,
+        "every read was a hit"
+    );
 }
