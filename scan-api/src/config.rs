@@ -63,6 +63,12 @@ pub struct Common {
     /// until it appears.
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+    /// A Redis Cluster to cache in instead: comma-separated seed-node URLs
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one that answers is enough). Like
+    /// `REDIS_URL`, once set the cache uses this cluster and nothing else. Setting both is an
+    /// error.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", global = true)]
+    pub redis_cluster_urls: Option<String>,
     /// Second segment of every cache key; clearing the cache clears only this namespace.
     #[arg(
         long,

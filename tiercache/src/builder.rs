@@ -171,7 +171,8 @@ impl CacheBuilder {
         Self::default()
     }
 
-    /// A builder configured from the environment: `REDIS_URL`, `REDIS_USERNAME`,
+    /// A builder configured from the environment: `REDIS_URL` (or `REDIS_CLUSTER_URLS`,
+    /// comma-separated seed-node URLs of a Redis Cluster), `REDIS_USERNAME`,
     /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV` and `CACHE_LOCAL_CAPACITY`
     /// (bytes for the in-process tier, 0 for none). Unset variables keep the defaults; an invalid one is reported by `build`, naming the variable.
     pub fn from_env() -> Self {
@@ -181,7 +182,8 @@ impl CacheBuilder {
     /// [`from_env`](Self::from_env) with a custom lookup (for tests and config files).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let mut b = Self::default();
-        if let Some(url) = lookup("REDIS_URL") {
+        // An empty REDIS_URL (`REDIS_URL=` in a file of settings) counts as unset.
+        if let Some(url) = lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {
             b = b.url(url);
         }
         if let Some(urls) = lookup("REDIS_CLUSTER_URLS") {
@@ -762,6 +764,36 @@ mod tests {
             (
                 CacheBuilder::from_lookup(|k| (k == "CACHE_NAMESPACE").then(String::new)),
                 "namespace",
+            ),
+            (
+                CacheBuilder::new()
+                    .url("redis://a:1")
+                    .cluster_urls(["redis://b:1"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| match k {
+                    "REDIS_URL" => Some("redis://a:1".into()),
+                    "REDIS_CLUSTER_URLS" => Some("redis://b:1,redis://c:1".into()),
+                    _ => None,
+                }),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| (k == "REDIS_CLUSTER_URLS").then(|| " , ".into())),
+                "REDIS_CLUSTER_URLS",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["redis://u:hunter2@b:1/2"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["http://b:1"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["redis://b:1"]).db(1),
+                "db",
             ),
         ];
         for (builder, setting) in cases {
