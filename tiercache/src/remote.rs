@@ -381,7 +381,7 @@ impl Remote {
             });
         }
         // The value and its tags' versions in one MGET: one command for Redis to run, not one
-        // per key. (Redis Cluster will need one per slot.)
+        // per key (on a cluster, redis-rs splits it per slot).
         let mut pipe = redis::pipe();
         pipe.ignore_errors().cmd("MGET").arg(key).arg(tag_keys);
         if with_ttl {
