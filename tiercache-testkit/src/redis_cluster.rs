@@ -267,25 +267,29 @@ impl RedisCluster {
     /// If that does not happen within 20 s.
     pub fn wait_until_ready(&self) {
         self.wait("cluster_state:ok on every running node", || {
-            self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
-                let ok = n
-                    .command(&["CLUSTER", "INFO"])
-                    .is_ok_and(|info| info.contains("cluster_state:ok"));
-                ok && n.command(&["CLUSTER", "NODES"]).is_ok_and(|nodes| {
-                    nodes
-                        .lines()
-                        .filter(|l| {
-                            flags(l).is_some_and(|f| f.contains(&"master") && !f.contains(&"fail"))
-                                && l.split(' ').nth(8).is_some()
-                        })
-                        .count()
-                        == MASTERS
+            self.nodes
+                .iter()
+                .filter(|n| n.pid().is_some() && !n.is_paused())
+                .all(|n| {
+                    let ok = n
+                        .command(&["CLUSTER", "INFO"])
+                        .is_ok_and(|info| info.contains("cluster_state:ok"));
+                    ok && n.command(&["CLUSTER", "NODES"]).is_ok_and(|nodes| {
+                        nodes
+                            .lines()
+                            .filter(|l| {
+                                flags(l)
+                                    .is_some_and(|f| f.contains(&"master") && !f.contains(&"fail"))
+                                    && l.split(' ').nth(8).is_some()
+                            })
+                            .count()
+                            == MASTERS
+                    })
                 })
-            })
         });
     }
 
-    /// After node `i` was killed (or stopped): waits until every running node flags it as
+    /// After node `i` was killed, stopped or paused: waits until every other node flags it as
     /// failed and serves none of its slots (its replica took them over), and the cluster is
     /// ready. Returns how long that took.
     ///
@@ -301,7 +305,7 @@ impl RedisCluster {
                 self.nodes
                     .iter()
                     .enumerate()
-                    .filter(|(j, n)| *j != i && n.pid().is_some())
+                    .filter(|(j, n)| *j != i && n.pid().is_some() && !n.is_paused())
                     .all(|(_, n)| {
                         n.command(&["CLUSTER", "NODES"]).is_ok_and(|nodes| {
                             nodes.lines().any(|l| {

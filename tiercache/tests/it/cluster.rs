@@ -495,3 +495,54 @@ async fn a_killed_master_falls_back_then_recovers_after_its_promotion() {
         "every read was a hit"
     );
 }
+
+/// The master that carries the invalidation channel hangs (`SIGSTOP`: its connections stay open
+/// and silent) until its replica is promoted: the tiers stop serving (no heartbeat comes back),
+/// the silent subscription is given up and replaced by one on the new master, and a write on one
+/// instance then drops the other's tier entry again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_channel_master_is_replaced_and_the_tiers_come_back() {
+    let mut cluster = RedisCluster::start();
+    let ns = unique_namespace();
+    let (a, b) = (tiered(&cluster, &ns).await, tiered(&cluster, &ns).await);
+    let channel = format!("{{test:{ns}:}}__invalidations");
+    let master = cluster.master_of(&channel).unwrap();
+    let key = b.key(&cat::SCAN_RESULTS, ["after"]);
+
+    cluster.node_mut(master).pause();
+    let paused = Instant::now();
+    wait_live(&b, false).await;
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    let promoted = tokio::task::spawn_blocking(move || c.wait_until_replaced(master))
+        .await
+        .unwrap();
+    let back = wait_until(
+        Duration::from_secs(20),
+        "both tiers to serve again",
+        || async {
+            a.stats().await.local.is_some_and(|l| l.live)
+                && b.stats().await.local.is_some_and(|l| l.live)
+        },
+    )
+    .await;
+    println!(
+        "channel master hung: replica promoted after {promoted:?}, tiers live again {back:?} \
+         later ({:?} in all)",
+        paused.elapsed()
+    );
+    assert_ne!(cluster.master_of(&channel), Some(master));
+
+    assert_eq!(b.get_with(&key, async { 1u32 }).await, 1);
+    assert_eq!(b.get::<u32>(&key).await, Some(1));
+    a.insert(&key, &2u32).await;
+    assert!(
+        b.catch_up().await,
+        "b hears its heartbeats on the new master"
+    );
+    assert_eq!(
+        b.get::<u32>(&key).await,
+        Some(2),
+        "a's insert dropped b's entry"
+    );
+}
