@@ -90,11 +90,40 @@ async fn scan_api_runs_on_a_redis_cluster() {
         "keys counted on every master: {stats:?}"
     );
 
+    // `scan-api cache` on the cluster, configured the same way: it counts and clears the
+    // namespace on every master.
+    let seeds = cluster.urls().join(",");
+    let keys = app.cache.stats().await.keys.unwrap();
+    let stats = cache_cli(&["stats", "--json"], &seeds).await;
+    assert_eq!(stats["total_keys"], keys, "{stats}");
+    let cleared = cache_cli(&["clear", "--json"], &seeds).await;
+    assert_eq!(cleared["removed"], keys, "{cleared}");
+    assert_eq!(app.cache.stats().await.keys, Some(0));
+    assert_eq!(app.get(views[0]).await.x_cache.as_deref(), Some("MISS"));
+
     // The admin clear empties the namespace on every master.
+    assert_eq!(app.get(views[1]).await.x_cache.as_deref(), Some("MISS"));
     let cleared = app.admin(Method::POST, "/api/cache/clear").await;
     assert_eq!(cleared.status, 200, "{:?}", cleared.body);
     assert_eq!(app.cache.stats().await.keys, Some(0));
-    assert_eq!(app.get(views[0]).await.x_cache.as_deref(), Some("MISS"));
+    assert_eq!(app.get(views[1]).await.x_cache.as_deref(), Some("MISS"));
+}
+
+/// Runs the real binary, `scan-api cache ARGS`, with only `REDIS_CLUSTER_URLS` (and the test
+/// apps' key space) in its environment; its JSON output.
+async fn cache_cli(args: &[&str], seeds: &str) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scan-api"));
+    cmd.env_clear()
+        .env("APP_ENV", "test")
+        .env("REDIS_CLUSTER_URLS", seeds)
+        .arg("cache")
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("running the scan-api binary");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -111,5 +140,22 @@ async fn redis_url_and_redis_cluster_urls_together_are_refused() {
     assert!(
         message.contains("REDIS_URL") && message.contains("REDIS_CLUSTER_URLS"),
         "{message}"
+    );
+
+    // `scan-api cache` refuses them together too, before connecting anywhere.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scan-api"));
+    cmd.env_clear()
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("REDIS_CLUSTER_URLS", "redis://127.0.0.1:2")
+        .args(["cache", "stats"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("REDIS_URL and REDIS_CLUSTER_URLS are both set"),
+        "{stderr}"
     );
 }
