@@ -457,6 +457,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_slots_name_each_ranges_master() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node(7000),
+                node(7003),
+            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node(7001)]),
+        ]);
+        let slots = parse_slots(reply).unwrap();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(
+            slots[0],
+            (
+                (0, 5460),
+                Node {
+                    host: "127.0.0.1".into(),
+                    port: 7000
+                }
+            )
+        );
+        assert_eq!(slots[1].1.port, 7001);
+        assert!(parse_slots(Value::Nil).is_err());
+    }
+
+    #[test]
     fn slot_numbers_are_redis_keyslots() {
         // `CLUSTER KEYSLOT foo` = 12182, `{user1000}.following` = 3443 (from the spec).
         assert_eq!(slot_number(b"foo"), 12182);

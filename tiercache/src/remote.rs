@@ -966,6 +966,33 @@ mod tests {
     }
 
     #[test]
+    fn a_clusters_info_is_summed_over_its_masters() {
+        let text = |used: u64| {
+            Value::BulkString(
+                format!("used_memory:{used}\r\nused_memory_human:x\r\nmaxmemory:10\r\nevicted_keys:1\r\n")
+                    .into_bytes(),
+            )
+        };
+        let map = Value::Map(vec![
+            (Value::SimpleString("a:1".into()), text(100)),
+            (Value::SimpleString("b:1".into()), text(200)),
+        ]);
+        assert_eq!(
+            info_of(map).unwrap(),
+            ServerInfo {
+                evicted_keys: Some(2),
+                used_memory: Some(300),
+                maxmemory: Some(20),
+                used_memory_human: None,
+            }
+        );
+        assert_eq!(
+            info_of(text(5)).unwrap().used_memory_human,
+            Some("x".into())
+        );
+    }
+
+    #[test]
     fn the_address_never_shows_the_password() {
         let info: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(
             "redis://alice:s3cret@127.0.0.1:6390/2",

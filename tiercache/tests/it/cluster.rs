@@ -84,6 +84,15 @@ async fn every_operation_works_on_a_cluster() {
     let stats = cache.stats().await;
     assert_eq!((stats.errors, stats.timeouts), (0, 0), "{stats:?}");
     assert_eq!(stats.keys, Some(13), "stats count the keys of every master");
+    assert!(
+        stats.used_memory_bytes.is_some() && stats.maxmemory_bytes.is_some(),
+        "INFO is summed over the masters: {stats:?}"
+    );
+    assert_eq!(
+        cache.stats().await.errors,
+        0,
+        "the stats' own calls failed nowhere"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
