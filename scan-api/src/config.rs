@@ -1,7 +1,8 @@
 //! Command line and environment: every setting has a flag and an environment variable.
 //!
 //! Settings are kept as given; [`crate::cache_setup`] turns the cache settings (`CACHE_MODE`,
-//! `REDIS_URL`, `CACHE_LOCAL_CAPACITY`, `CACHE_ENABLED`) into a cache. `REDIS_URL` has no
+//! `REDIS_URL` or `REDIS_CLUSTER_URLS`, `CACHE_LOCAL_CAPACITY`, `CACHE_ENABLED`) into a cache.
+//! `REDIS_URL` has no
 //! default value here, so that an unset one can be told from one set to the default address.
 
 use std::net::SocketAddr;
