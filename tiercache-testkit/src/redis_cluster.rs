@@ -194,6 +194,44 @@ impl RedisCluster {
             .find_map(|line| flags(line).filter(|f| f.contains(&"myself")).map(role_of))
     }
 
+    /// Moves `slots` slots (and their keys) from master `from` to master `to` with
+    /// `redis-cli --cluster reshard`, while clients keep running: they meet `ASK` redirections
+    /// during the move and `MOVED` after it. Waits until the cluster is ready again.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-cli` fails, or the cluster does not settle in time.
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) {
+        let id = |i: usize| {
+            let reply = self.nodes[i]
+                .command(&["CLUSTER", "MYID"])
+                .expect("CLUSTER MYID");
+            reply
+                .lines()
+                .nth(1)
+                .expect("a bulk reply")
+                .trim()
+                .to_owned()
+        };
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{}", self.nodes[from].port()))
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("could not run `redis-cli --cluster reshard`: {e}"));
+        assert!(
+            output.status.success(),
+            "`redis-cli --cluster reshard` failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.wait_until_ready();
+    }
+
     /// The nodes that say they hold `role` now, in node order.
     pub fn nodes_with_role(&self, role: Role) -> Vec<usize> {
         (0..self.nodes.len())

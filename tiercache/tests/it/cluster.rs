@@ -555,3 +555,63 @@ async fn a_hung_channel_master_is_replaced_and_the_tiers_come_back() {
         "a's insert dropped b's entry"
     );
 }
+
+/// Slots (with their keys) move from one master to another under load (`redis-cli --cluster
+/// reshard`: ASK redirections during the move, MOVED after it): every call answers correctly
+/// and promptly, and the moved keys are still hits afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_under_load_fails_no_call() {
+    let cluster = Arc::new(RedisCluster::start());
+    let cache = cache(&cluster).await;
+    let keys = spread_keys(&cache, &cluster, 48);
+    read_all(&cache, &keys).await;
+    let masters = cluster.nodes_with_role(Role::Master);
+    let (from, to) = (masters[0], masters[1]);
+    let on_from: Vec<usize> = (0..keys.len())
+        .filter(|&i| cluster.master_of(keys[i].as_str()) == Some(from))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&cache, &keys, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cache.stats().await;
+    let c = cluster.clone();
+    let started = Instant::now();
+    // 3,000 of `from`'s 5,461 slots (all of them would leave it empty, and Redis would turn it
+    // into a replica).
+    tokio::task::spawn_blocking(move || c.reshard(from, to, 3000))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (calls, worst) = finish(tasks).await;
+    let after = cache.stats().await;
+    let moved = on_from
+        .iter()
+        .filter(|&&i| cluster.master_of(keys[i].as_str()) == Some(to))
+        .count();
+    println!(
+        "reshard of 3000 slots ({moved} of the keys) in {took:?} under load: {calls} calls, none \
+         failed, slowest {worst:?}; redis errors {} meanwhile",
+        after.errors - before.errors,
+    );
+    assert!(moved > 0, "some keys moved");
+    assert!(worst < Duration::from_secs(1), "slowest call {worst:?}");
+
+    wait_until(
+        Duration::from_secs(10),
+        "the cache to use the cluster again",
+        || async { cache.is_connected() },
+    )
+    .await;
+    let runs = cache.stats().await.loader_runs;
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            cache.get::<u64>(key).await,
+            Some(i as u64),
+            "key {i} is still a hit"
+        );
+    }
+    assert_eq!(cache.stats().await.loader_runs, runs);
+}
