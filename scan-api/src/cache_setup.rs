@@ -4,6 +4,7 @@
 //! | `CACHE_MODE` | `REDIS_URL` | cache |
 //! |---|---|---|
 //! | `auto` (default) | set | Redis at that URL, exactly as `redis` |
+//! | `auto` or `redis` | `REDIS_CLUSTER_URLS` set instead | the Redis Cluster those seed nodes belong to, exactly as a named Redis (setting both is an error) |
 //! | `auto` | unset | Redis at `127.0.0.1:6379` if it answers a PING within [`PROBE_TIMEOUT`] at start-up, else standalone |
 //! | `redis` | set or unset | Redis at `REDIS_URL`, or at `redis://127.0.0.1:6379` |
 //! | `standalone` | ignored | the in-process tier alone, of `CACHE_LOCAL_CAPACITY` bytes (0 is an error) |
@@ -49,8 +50,10 @@ pub enum Purpose {
 pub struct Plan {
     /// How values are stored.
     pub mode: Mode,
-    /// The Redis URL (used in [`Mode::Redis`] only).
+    /// The Redis URL (used in [`Mode::Redis`] only, without `cluster_urls`).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`); empty for one server at `url`.
+    pub cluster_urls: Vec<String>,
     /// Bytes of the in-process tier.
     pub local_capacity: u64,
     /// Why this mode, for the start-up line.
@@ -68,6 +71,12 @@ pub enum SetupError {
         cache_policy::LOCAL_CAPACITY
     )]
     NoCapacity,
+    /// Both `REDIS_URL` and `REDIS_CLUSTER_URLS` are set.
+    #[error(
+        "REDIS_URL and REDIS_CLUSTER_URLS are both set: set REDIS_URL for one Redis server, or \
+         REDIS_CLUSTER_URLS (comma-separated seed-node URLs) for a Redis Cluster, not both"
+    )]
+    TwoRedis,
     /// `CACHE_ENABLED=false` with a `CACHE_MODE` that caches.
     #[error(
         "CACHE_ENABLED=false turns the cache off, but CACHE_MODE={0}: set CACHE_MODE=off, or \
@@ -102,10 +111,27 @@ impl Plan {
             .as_deref()
             .map(str::trim)
             .filter(|u| !u.is_empty());
+        let cluster_urls: Vec<String> = common
+            .redis_cluster_urls
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if named.is_some() && !cluster_urls.is_empty() {
+            return Err(SetupError::TwoRedis);
+        }
         let url = named.unwrap_or(default_url).to_owned();
         let plan = |mode, local_capacity, reason: String| Self {
             mode,
             url: url.clone(),
+            cluster_urls: if mode == Mode::Redis {
+                cluster_urls.clone()
+            } else {
+                Vec::new()
+            },
             local_capacity,
             reason,
         };
@@ -123,6 +149,13 @@ impl Plan {
             CacheMode::Standalone => {
                 plan(Mode::Standalone, capacity, "CACHE_MODE=standalone".into())
             }
+            CacheMode::Auto if !cluster_urls.is_empty() => plan(
+                Mode::Redis,
+                capacity,
+                "REDIS_CLUSTER_URLS is set: that Redis Cluster only, never replaced by an \
+                 in-process cache"
+                    .into(),
+            ),
             CacheMode::Auto if named.is_some() => plan(
                 Mode::Redis,
                 capacity,
@@ -184,6 +217,10 @@ impl Plan {
             }
         };
         let redis = match self.mode {
+            Mode::Redis if !self.cluster_urls.is_empty() => {
+                let seeds: Vec<String> = self.cluster_urls.iter().map(|u| redact(u)).collect();
+                format!("cluster {}", seeds.join(","))
+            }
             Mode::Redis => redact(&self.url),
             _ => "-".to_owned(),
         };
@@ -201,9 +238,16 @@ impl Plan {
     pub async fn build(&self, common: &Common) -> Result<Cache, tiercache::Error> {
         // From the environment for REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB; the plan and
         // the flags (which read the same variables) win for the rest.
-        let builder = CacheBuilder::from_env()
-            .mode(self.mode)
-            .url(self.url.clone())
+        let builder = CacheBuilder::from_env().mode(self.mode);
+        // The plan names the one server or the cluster (`resolve` refused both).
+        let builder = if self.cluster_urls.is_empty() {
+            builder
+                .url(self.url.clone())
+                .cluster_urls(Vec::<String>::new())
+        } else {
+            builder.cluster_urls(self.cluster_urls.clone())
+        };
+        let builder = builder
             .namespace(common.cache_namespace.clone())
             .env_prefix(common.app_env.clone());
         cache_policy::configure(builder)
@@ -271,6 +315,7 @@ mod tests {
             database_url: "sqlite://unused.db".into(),
             cache_mode: mode,
             redis_url: redis_url.map(str::to_owned),
+            redis_cluster_urls: None,
             cache_namespace: "scan-api".into(),
             app_env: "test".into(),
             cache_local_capacity: capacity,

@@ -1,7 +1,8 @@
 //! Command line and environment: every setting has a flag and an environment variable.
 //!
 //! Settings are kept as given; [`crate::cache_setup`] turns the cache settings (`CACHE_MODE`,
-//! `REDIS_URL`, `CACHE_LOCAL_CAPACITY`, `CACHE_ENABLED`) into a cache. `REDIS_URL` has no
+//! `REDIS_URL` or `REDIS_CLUSTER_URLS`, `CACHE_LOCAL_CAPACITY`, `CACHE_ENABLED`) into a cache.
+//! `REDIS_URL` has no
 //! default value here, so that an unset one can be told from one set to the default address.
 
 use std::net::SocketAddr;
@@ -63,6 +64,12 @@ pub struct Common {
     /// until it appears.
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+    /// A Redis Cluster to cache in instead: comma-separated seed-node URLs
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one that answers is enough). Like
+    /// `REDIS_URL`, once set the cache uses this cluster and nothing else. Setting both is an
+    /// error.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", global = true)]
+    pub redis_cluster_urls: Option<String>,
     /// Second segment of every cache key; clearing the cache clears only this namespace.
     #[arg(
         long,

@@ -9,7 +9,9 @@
 //! The cache runs in one of three modes ([`tiercache::Mode`], chosen by `cache_setup` and
 //! reported by `/health` and `/api/cache/health`):
 //! - `redis`: shared by every instance, with an in-process tier in front; while Redis is away
-//!   the service answers from the database (`X-Cache: BYPASS`) and reconnects by itself.
+//!   the service answers from the database (`X-Cache: BYPASS`) and reconnects by itself. One
+//!   Redis server (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated seed
+//!   nodes).
 //! - `standalone`: the in-process tier alone, for one instance (it hears of its own writes
 //!   only); the default on a machine without Redis and without `REDIS_URL`.
 //! - `disabled`: every read from the database.

@@ -12,6 +12,8 @@
 //!
 //! - `redis_server`: [`RedisServer`], the child-process handle, its lifecycle controls
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
+//! - `redis_cluster`: [`RedisCluster`], three masters and three replicas (each a
+//!   [`RedisServer`]) joined with `redis-cli --cluster create`, with roles and `failover`.
 //! - `fault_proxy`: [`FaultProxy`], a TCP proxy that makes network faults: added latency, a
 //!   black hole (for open connections only, or for all), resets, refusals.
 //! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
@@ -60,6 +62,7 @@ mod fault_proxy;
 mod logs;
 mod postgres_server;
 mod process;
+mod redis_cluster;
 mod redis_server;
 
 pub use capture::capture;
@@ -67,4 +70,5 @@ pub use fault_proxy::FaultProxy;
 pub use logs::init_test_logs;
 pub use postgres_server::PostgresServer;
 pub use process::wait_until;
+pub use redis_cluster::{RedisCluster, Role};
 pub use redis_server::RedisServer;

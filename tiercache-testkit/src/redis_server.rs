@@ -180,6 +180,11 @@ impl RedisServer {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
 
+    /// The server's working directory (its temp dir: log, `nodes.conf` of a cluster node).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Process id of the running server; `None` while stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -69,6 +69,10 @@ pub const DEFAULT_MAX_LOAD_TIME: Duration = Duration::from_secs(10);
 #[must_use]
 pub struct CacheBuilder {
     url: String,
+    /// Whether `url` was set (it conflicts with `cluster_urls`).
+    url_set: bool,
+    /// Seed nodes of a Redis Cluster; empty for one server at `url`.
+    cluster_urls: Vec<String>,
     username: Option<String>,
     password: Option<String>,
     db: Option<i64>,
@@ -102,6 +106,14 @@ impl std::fmt::Debug for CacheBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheBuilder")
             .field("url", &redact(&self.url))
+            .field(
+                "cluster_urls",
+                &self
+                    .cluster_urls
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
@@ -128,6 +140,8 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         Self {
             url: DEFAULT_URL.to_owned(),
+            url_set: false,
+            cluster_urls: Vec::new(),
             username: None,
             password: None,
             db: None,
@@ -162,10 +176,12 @@ impl CacheBuilder {
         Self::default()
     }
 
-    /// A builder configured from the environment: `REDIS_URL`, `REDIS_USERNAME`,
+    /// A builder configured from the environment: `REDIS_URL` (or `REDIS_CLUSTER_URLS`,
+    /// comma-separated seed-node URLs of a Redis Cluster), `REDIS_USERNAME`,
     /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV`, `CACHE_LOCAL_CAPACITY`
     /// (bytes for the in-process tier, 0 for none) and `CACHE_MAX_VALUE_BYTES` (see
-    /// [`max_value_bytes`](Self::max_value_bytes)). Unset variables keep the defaults; an invalid one is reported by `build`, naming the variable.
+    /// [`max_value_bytes`](Self::max_value_bytes)). Unset variables keep the defaults; an
+    /// invalid one is reported by `build`, naming the variable.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -173,8 +189,18 @@ impl CacheBuilder {
     /// [`from_env`](Self::from_env) with a custom lookup (for tests and config files).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let mut b = Self::default();
-        if let Some(url) = lookup("REDIS_URL") {
+        // An empty REDIS_URL (`REDIS_URL=` in a file of settings) counts as unset.
+        if let Some(url) = lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {
             b = b.url(url);
+        }
+        if let Some(urls) = lookup("REDIS_CLUSTER_URLS") {
+            b = b.cluster_urls(urls.split(',').map(str::trim).filter(|u| !u.is_empty()));
+            if b.cluster_urls.is_empty() {
+                b.defer(Error::config(
+                    "REDIS_CLUSTER_URLS",
+                    "is set but names no node; give comma-separated redis:// URLs",
+                ));
+            }
         }
         if let Some(user) = lookup("REDIS_USERNAME") {
             b = b.username(user);
@@ -222,6 +248,30 @@ impl CacheBuilder {
     /// Redis URL: `redis://[user[:password]@]host[:port][/db]`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
+        self.url_set = true;
+        self
+    }
+
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each; one that answers is enough, the
+    /// rest of the cluster is discovered from it): the cache then runs on the cluster, with the
+    /// same API. [`username`](Self::username) and [`password`](Self::password) apply to every
+    /// node; a cluster has only database 0. Conflicts with [`url`](Self::url).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tiercache::Error> {
+    /// let cache = tiercache::Cache::builder()
+    ///     .cluster_urls(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .namespace("scan-api")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.cluster_urls = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -465,8 +515,41 @@ impl CacheBuilder {
         }
         // A cache that never connects does not judge the Redis settings (a stale REDIS_URL must
         // not stop a standalone service from starting).
-        let info = match self.mode {
-            Mode::Redis => connection_info(&self.url, self.username, self.password, self.db)?,
+        let mut cluster = Vec::new();
+        if self.mode == Mode::Redis && !self.cluster_urls.is_empty() {
+            if self.url_set {
+                return Err(Error::config(
+                    "cluster_urls",
+                    "both a Redis URL and cluster seed URLs are set; set one (REDIS_URL for one \
+                     server, REDIS_CLUSTER_URLS for a cluster)",
+                ));
+            }
+            if self.db.is_some_and(|db| db != 0) {
+                return Err(Error::config("db", "a Redis Cluster has only database 0"));
+            }
+            for url in &self.cluster_urls {
+                let info = connection_info(url, self.username.clone(), self.password.clone(), None)
+                    .map_err(|e| match e {
+                        Error::Config { reason, .. } => Error::config("cluster_urls", reason),
+                        other => other,
+                    })?;
+                if info.redis_settings().db() != 0 {
+                    return Err(Error::config(
+                        "cluster_urls",
+                        format!(
+                            "{:?} names a database; a Redis Cluster has only 0",
+                            redact(url)
+                        ),
+                    ));
+                }
+                cluster.push(info);
+            }
+        }
+        let info = match (self.mode, cluster.first()) {
+            (Mode::Redis, Some(first)) => first.clone(),
+            (Mode::Redis, None) => {
+                connection_info(&self.url, self.username, self.password, self.db)?
+            }
             _ => connection_info(DEFAULT_URL, None, None, None)?,
         };
         #[cfg(feature = "tls")]
@@ -479,6 +562,7 @@ impl CacheBuilder {
         let remote = Arc::new(Remote::new(
             RemoteConfig {
                 info,
+                cluster,
                 #[cfg(feature = "tls")]
                 tls,
                 op_timeout: self.op_timeout,
@@ -722,6 +806,36 @@ mod tests {
             (
                 CacheBuilder::from_lookup(|k| (k == "CACHE_NAMESPACE").then(String::new)),
                 "namespace",
+            ),
+            (
+                CacheBuilder::new()
+                    .url("redis://a:1")
+                    .cluster_urls(["redis://b:1"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| match k {
+                    "REDIS_URL" => Some("redis://a:1".into()),
+                    "REDIS_CLUSTER_URLS" => Some("redis://b:1,redis://c:1".into()),
+                    _ => None,
+                }),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| (k == "REDIS_CLUSTER_URLS").then(|| " , ".into())),
+                "REDIS_CLUSTER_URLS",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["redis://u:hunter2@b:1/2"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["http://b:1"]),
+                "cluster_urls",
+            ),
+            (
+                CacheBuilder::new().cluster_urls(["redis://b:1"]).db(1),
+                "db",
             ),
         ];
         for (builder, setting) in cases {

@@ -85,10 +85,24 @@ pub(crate) struct Channel {
     id: u64,
 }
 
+/// Whether the channel lives on one server or on a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Single,
+    Cluster,
+}
+
 impl Channel {
-    pub(crate) fn new(keys: &KeySpace) -> Self {
+    /// The channels of `keys`' namespace. On a cluster (`Layout::Cluster`) both names carry the
+    /// hash tag `{env:namespace:}`, so that every notice and heartbeat goes to the one master of
+    /// that slot and reaches the subscriber in the order that master ran them (see
+    /// `connection`); one server keeps the names of earlier versions.
+    pub(crate) fn new(keys: &KeySpace, layout: Layout) -> Self {
         let id = fastrand::u64(..);
-        let shared = format!("{}__invalidations", keys.prefix());
+        let shared = match layout {
+            Layout::Single => format!("{}__invalidations", keys.prefix()),
+            Layout::Cluster => format!("{{{}}}__invalidations", keys.prefix()),
+        };
         Self {
             own: format!("{shared}:{id:016x}"),
             shared,
@@ -278,11 +292,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_clusters_channels_share_one_slot() {
+        let keys = KeySpace::new("t", "ns").unwrap();
+        let ch = Channel::new(&keys, Layout::Cluster);
+        assert_eq!(ch.shared, "{t:ns:}__invalidations");
+        assert!(ch.own.starts_with("{t:ns:}__invalidations:"));
+    }
+
+    #[test]
     fn notices_name_what_changed() {
         let keys = KeySpace::new("t", "ns").unwrap();
-        let ch = Channel::new(&keys);
+        let ch = Channel::new(&keys, Layout::Single);
         assert!(ch.own.starts_with("t:ns:__invalidations:"));
-        assert_ne!(ch.own, Channel::new(&keys).own);
+        assert_ne!(ch.own, Channel::new(&keys, Layout::Single).own);
         let tag = Tag::new("img", ["a"]);
         let n: Notice =
             serde_json::from_slice(&ch.notice(&Change::Invalidate(Target::Tags(&[tag])))).unwrap();

@@ -333,7 +333,7 @@ impl Coherence {
         remote: Arc<Remote>,
         counters: Arc<Counters>,
     ) -> Self {
-        let channel = Channel::new(&config.keys);
+        let channel = Channel::new(&config.keys, remote.layout());
         Self {
             tag_prefix: config.keys.tag_prefix(),
             pending: PendingInvalidations::new(config.keys.namespace_pattern()),
@@ -1002,6 +1002,7 @@ mod tests {
             crate::remote::RemoteConfig {
                 info: redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1")
                     .unwrap(),
+                cluster: Vec::new(),
                 #[cfg(feature = "tls")]
                 tls: None,
                 op_timeout: Duration::from_millis(10),

@@ -44,6 +44,8 @@
 //!   (its module docs name each race and the test that catches it).
 //! - `builder`: [`CacheBuilder`], every setting validated in one place.
 //! - `remote`: the only module that issues Redis commands; timeouts and the breaker wrap each.
+//!   `connection`: how they travel, to one server or to a Redis Cluster (pipelines split per
+//!   slot, scans on every master, the channel's node).
 //! - `local`: the in-process tier (moka), the only module that names moka.
 //! - `bus`: the invalidation channel and its heartbeats; `invalidation`: changes owed to Redis
 //!   after a failure, replayed before reads resume; `breaker` and `probe`: the circuit breaker
@@ -65,9 +67,19 @@
 //! | `tls` | off | `rediss://` URLs through rustls (ring), with `CacheBuilder::tls_root_certificate` for a private CA and `tls_client_certificate` for mutual TLS |
 //! | `macros` | off | `#[cached]` on async fns (`tiercache::cached`, from the proc-macro crate `tiercache-macros`): the fn's results are cached, keyed by its arguments |
 //!
-//! Redis 7.0 or later is needed. Redis Cluster is not supported yet: the scripts that take and
-//! fill a load's lease touch only the value's key, but a tagged read fetches tag versions
-//! that live in other slots.
+//! Redis 7.0 or later is needed.
+//!
+//! # Redis Cluster
+//! [`CacheBuilder::cluster_urls`] (or `REDIS_CLUSTER_URLS` for [`CacheBuilder::from_env`]) runs
+//! the same cache on a Redis Cluster, with no change to callers. Every Lua script touches one key
+//! (a value's lease and fill); a value's key and its tags' version keys lie in different slots by
+//! design (a tag groups keys of every slot), so a read, a lease or a fill that needs both is split
+//! per slot, in an order that keeps every guarantee (see `connection`). Pattern invalidation,
+//! `clear`, `keys` and the key count scan every master. The invalidation channel's names share
+//! one hash tag, so every notice and heartbeat goes through the one master of that slot, where
+//! the subscriber listens: the tier's lease and loss detection hold as on one server. One circuit
+//! breaker covers the whole cluster: while a master is down (until its replica is promoted), every
+//! read is served from the source.
 //!
 #![cfg_attr(
     feature = "macros",
@@ -141,6 +153,7 @@ mod clock;
 mod coalesce;
 mod codec;
 mod coherence;
+mod connection;
 mod error;
 mod history;
 mod invalidation;

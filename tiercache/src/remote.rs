@@ -3,7 +3,9 @@
 //! One [`redis::aio::ConnectionManager`] carries every command: a single multiplexed connection
 //! that reconnects by itself, which is what redis-rs recommends over a pool for async use. Its own
 //! retries are tuned down (one quick retry) because its defaults would block a call for seconds
-//! during an outage.
+//! during an outage. With [`RemoteConfig::cluster`] set, a Redis Cluster connection takes its
+//! place, tuned the same way (see `connection` for how a pipeline, a scan and the channel travel
+//! on a cluster); the commands below are the same either way.
 //!
 //! Every call goes through [`Remote::call`], which
 //! 1. skips Redis at once while the [`Breaker`] is open, for calls made [`Via::Breaker`],
@@ -24,11 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::ClusterClient;
 use redis::{Client, ConnectionInfo, RedisResult, Value};
 
 use crate::breaker::Breaker;
 use crate::codec::LEASE_BYTE;
+use crate::connection::{Connection, Connector, Node};
 use crate::error::{Error, Result};
 use crate::key::Pattern;
 use crate::log_limiter::LogLimiter;
@@ -61,6 +65,9 @@ pub(crate) struct ServerInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteConfig {
     pub(crate) info: ConnectionInfo,
+    /// Seed nodes of a Redis Cluster (each with the credentials of `info`); empty for one
+    /// server at `info`.
+    pub(crate) cluster: Vec<ConnectionInfo>,
     /// A private CA and/or a client certificate for `rediss://`.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<redis::TlsCertificates>,
@@ -150,13 +157,12 @@ return 0
 /// The Redis side of a cache, shared (`Arc`) by every clone of the cache and its tasks.
 #[derive(Debug)]
 pub(crate) struct Remote {
-    /// Cheap to clone (an `Arc` inside); each call clones it because commands need `&mut`.
-    /// Behind an `ArcSwap` so that recovery can replace it (see [`Remote::reconnect`]) while
-    /// calls keep reading it without a lock.
-    conn: ArcSwap<ConnectionManager>,
-    /// What a replacement connection manager is built from.
-    client: Client,
-    manager_config: ConnectionManagerConfig,
+    /// Cheap to clone (an `Arc` or a channel sender inside); each call clones it because
+    /// commands need `&mut`. Behind an `ArcSwap` so that recovery can replace it (see
+    /// [`Remote::reconnect`]) while calls keep reading it without a lock.
+    conn: ArcSwap<Connection>,
+    /// What a replacement connection is built from.
+    connector: Connector,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     scan_count: usize,
@@ -179,29 +185,63 @@ impl Remote {
     /// Creates the connection manager without waiting for a connection; the first command (the
     /// start-up probe) connects. Fails only for settings the driver rejects.
     pub(crate) fn new(config: RemoteConfig, counters: Arc<Counters>) -> Result<Self> {
-        let addr = describe(&config.info);
+        let addr = if config.cluster.is_empty() {
+            describe(&config.info)
+        } else {
+            let seeds: Vec<String> = config.cluster.iter().map(describe).collect();
+            format!("cluster {}", seeds.join(","))
+        };
         #[cfg(feature = "tls")]
-        let client = match config.tls {
-            Some(certs) => Client::build_with_tls(config.info, certs),
-            None => Client::open(config.info),
+        let client = match config.tls.clone() {
+            Some(certs) => Client::build_with_tls(config.info.clone(), certs),
+            None => Client::open(config.info.clone()),
         };
         #[cfg(not(feature = "tls"))]
-        let client = Client::open(config.info);
+        let client = Client::open(config.info.clone());
         let client = client.map_err(|e| Error::config("url", e.to_string()))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            // Our own per-operation timeout bounds every call; the driver's would only add a
-            // second, longer one.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+        let connector = if config.cluster.is_empty() {
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                // Our own per-operation timeout bounds every call; the driver's would only add a
+                // second, longer one.
+                .set_response_timeout(None)
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(100));
+            Connector::Single {
+                client,
+                manager_config,
+            }
+        } else {
+            let builder = ClusterClient::builder(config.cluster.clone())
+                .connection_timeout(config.connect_timeout)
+                // As for one server: our operation timeout bounds every call, and a few quick
+                // retries (a MOVED after a failover is one) fit in it; the defaults (16
+                // retries, waits from 1.28 s) would hold a call for seconds.
+                .retries(2)
+                .min_retry_wait(5)
+                .max_retry_wait(50);
+            #[cfg(feature = "tls")]
+            let builder = match &config.tls {
+                Some(certs) => builder.certs(certs.clone()),
+                None => builder,
+            };
+            let cluster = builder
+                .build()
+                .map_err(|e| Error::config("cluster_urls", e.to_string()))?;
+            Connector::Cluster {
+                cluster: Box::new(cluster),
+                info: config.info.clone(),
+                #[cfg(feature = "tls")]
+                tls: config.tls.clone(),
+            }
+        };
+        let conn = connector
+            .connect()
             .map_err(|e| Error::config("url", e.to_string()))?;
         Ok(Self {
             conn: ArcSwap::from_pointee(conn),
-            client,
-            manager_config,
+            connector,
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
             scan_count: config.scan_count,
@@ -218,10 +258,18 @@ impl Remote {
         })
     }
 
+    /// One server or a cluster (the invalidation channel is named accordingly).
+    pub(crate) fn layout(&self) -> crate::bus::Layout {
+        match self.connector {
+            Connector::Single { .. } => crate::bus::Layout::Single,
+            Connector::Cluster { .. } => crate::bus::Layout::Cluster,
+        }
+    }
+
     /// Runs one Redis call as `via` says: under the breaker or not, within its time bound.
     async fn call<T, F, Fut>(&self, op: &'static str, via: Via, f: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let limit = match via {
@@ -235,7 +283,7 @@ impl Remote {
             Via::Always => self.op_timeout,
             Via::Recovery => self.connect_timeout,
         };
-        let conn = ConnectionManager::clone(&self.conn.load());
+        let conn = Connection::clone(&self.conn.load());
         let started = Instant::now();
         let outcome = tokio::time::timeout(limit, f(conn)).await;
         self.counters.redis_call(started.elapsed());
@@ -299,22 +347,14 @@ impl Remote {
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>> {
         let replies: Vec<Value> = self
-            .call(
-                op,
-                via,
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+            .call(op, via, |mut c| async move { c.pipeline(pipe).await })
             .await?;
         if !replies.iter().any(is_noscript) {
             return Ok(replies);
         }
         self.load_scripts().await?;
-        self.call(
-            op,
-            via,
-            |mut c| async move { pipe.query_async(&mut c).await },
-        )
-        .await
+        self.call(op, via, |mut c| async move { c.pipeline(pipe).await })
+            .await
     }
 
     /// Loads the scripts (at start-up: a refusal, such as an ACL without `script|load`, is
@@ -325,10 +365,13 @@ impl Remote {
             load.load_script(script);
         }
         let load = &load;
-        self.call("SCRIPT LOAD", Via::Recovery, |mut c| async move {
-            load.exec_async(&mut c).await
-        })
-        .await
+        // On a cluster, each SCRIPT LOAD goes to every node (see `connection`).
+        let replies = self
+            .call("SCRIPT LOAD", Via::Recovery, |mut c| async move {
+                c.pipeline(load).await
+            })
+            .await?;
+        self.refused("SCRIPT LOAD", &replies)
     }
 
     /// Counts and reports a server error among `replies` (a refused command) as the call's
@@ -367,7 +410,7 @@ impl Remote {
             });
         }
         // The value and its tags' versions in one MGET: one command for Redis to run, not one
-        // per key. (Redis Cluster will need one per slot.)
+        // per key (on a cluster, redis-rs splits it per slot).
         let mut pipe = redis::pipe();
         pipe.ignore_errors().cmd("MGET").arg(key).arg(tag_keys);
         if with_ttl {
@@ -588,8 +631,10 @@ impl Remote {
         &self,
         channels: &[&str],
     ) -> Result<impl futures_util::Stream<Item = (String, Vec<u8>)> + Send + 'static + use<>> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+        let conn = Connection::clone(&self.conn.load());
+        let connector = &self.connector;
+        let connect = async move {
+            let mut pubsub = connector.pubsub(conn, channels).await?;
             for channel in channels {
                 pubsub.subscribe(*channel).await?;
             }
@@ -655,25 +700,36 @@ impl Remote {
         Ok(self.of_value("STRLEN", key).await?.unwrap_or(0))
     }
 
-    /// One `SCAN cursor MATCH pattern COUNT n` page.
+    /// One `SCAN cursor MATCH pattern COUNT n` page, on `node` (a cluster master; `None` for
+    /// the one server).
     async fn scan_page(
         &self,
+        node: Option<&Node>,
         cursor: u64,
         pattern: &Pattern,
         via: Via,
     ) -> Result<(u64, Vec<Vec<u8>>)> {
         let count = self.scan_count;
-        let f = |mut c: ConnectionManager| async move {
-            redis::cmd("SCAN")
-                .arg(cursor)
+        let f = |mut c: Connection| async move {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(pattern.as_str())
                 .arg("COUNT")
-                .arg(count)
-                .query_async(&mut c)
-                .await
+                .arg(count);
+            c.query_at(&scan, node).await
         };
         self.call("SCAN", via, f).await
+    }
+
+    /// The nodes a scan must visit: every master of a cluster, or the one server (`None`).
+    async fn scan_nodes(&self, via: Via) -> Result<Vec<Option<Node>>> {
+        self.call(
+            "CLUSTER SLOTS",
+            via,
+            |mut c| async move { c.masters().await },
+        )
+        .await
     }
 
     /// Deletes every key matching `pattern`: SCAN with COUNT, then UNLINK each page's keys
@@ -686,26 +742,29 @@ impl Remote {
         notice: Option<Notice<'_>>,
         via: Via,
     ) -> Result<u64> {
-        let mut cursor = 0;
         let mut removed = 0;
-        loop {
-            let (next, keys) = self.scan_page(cursor, pattern, via).await?;
-            if !keys.is_empty() {
-                // Keys stay bytes: a foreign key that is not UTF-8 must not stop the sweep.
-                let keys = &keys;
-                removed += self
-                    .call("UNLINK", via, |mut c| async move {
-                        redis::cmd("UNLINK")
-                            .arg(keys)
-                            .query_async::<u64>(&mut c)
-                            .await
-                    })
-                    .await?;
+        for node in self.scan_nodes(via).await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self.scan_page(node.as_ref(), cursor, pattern, via).await?;
+                if !keys.is_empty() {
+                    // Keys stay bytes: a foreign key that is not UTF-8 must not stop the sweep.
+                    // On a cluster, redis-rs splits the UNLINK per slot.
+                    let keys = &keys;
+                    removed += self
+                        .call("UNLINK", via, |mut c| async move {
+                            redis::cmd("UNLINK")
+                                .arg(keys)
+                                .query_async::<u64>(&mut c)
+                                .await
+                        })
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         if let Some(n) = notice {
             self.publish(n.channel, n.payload, via).await?;
@@ -715,45 +774,55 @@ impl Remote {
 
     /// Keys matching `pattern`, up to `limit`, without duplicates (SCAN may repeat a key).
     pub(crate) async fn scan_keys(&self, pattern: &Pattern, limit: usize) -> Result<Vec<String>> {
-        let mut cursor = 0;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        loop {
-            let (next, keys) = self.scan_page(cursor, pattern, Via::Breaker).await?;
-            for k in keys {
-                if out.len() >= limit {
-                    return Ok(out);
+        for node in self.scan_nodes(Via::Breaker).await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self
+                    .scan_page(node.as_ref(), cursor, pattern, Via::Breaker)
+                    .await?;
+                for k in keys {
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                    let k = String::from_utf8_lossy(&k).into_owned();
+                    if seen.insert(k.clone()) {
+                        out.push(k);
+                    }
                 }
-                let k = String::from_utf8_lossy(&k).into_owned();
-                if seen.insert(k.clone()) {
-                    out.push(k);
+                if next == 0 {
+                    break;
                 }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
         }
+        Ok(out)
     }
 
     /// How many keys match `pattern`, counted with SCAN so Redis is never blocked. SCAN may
     /// return a key twice while Redis rehashes, so during a rehash the count can be slightly high.
     pub(crate) async fn count_matching(&self, pattern: &Pattern) -> Result<u64> {
-        let mut cursor = 0;
         let mut count = 0;
-        loop {
-            let (next, keys) = self.scan_page(cursor, pattern, Via::Breaker).await?;
-            count += keys.len() as u64;
-            if next == 0 {
-                return Ok(count);
+        for node in self.scan_nodes(Via::Breaker).await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self
+                    .scan_page(node.as_ref(), cursor, pattern, Via::Breaker)
+                    .await?;
+                count += keys.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        Ok(count)
     }
 
     /// `INFO memory` and `INFO stats`, parsed for the fields the stats report.
     pub(crate) async fn info(&self) -> Result<ServerInfo> {
-        let text: String = self
+        let reply: Value = self
             .call("INFO", Via::Breaker, |mut c| async move {
                 redis::cmd("INFO")
                     .arg("memory")
@@ -762,24 +831,26 @@ impl Remote {
                     .await
             })
             .await?;
-        Ok(parse_info(&text))
+        info_of(reply)
     }
 
     /// `INFO memory`, for the start-up check of Redis's memory settings. Not an operation of
     /// the cache: a refusal (an ACL user without `info`) or a failure is returned without being
     /// counted or logged, and the breaker is left alone.
     pub(crate) async fn memory_settings(&self) -> Result<ServerInfo> {
-        let mut conn = ConnectionManager::clone(&self.conn.load());
-        let text: String = tokio::time::timeout(
+        let mut conn = Connection::clone(&self.conn.load());
+        // On a cluster, one reply per master: the policy of the first, the limits summed.
+        let reply: Value = tokio::time::timeout(
             self.connect_timeout,
             redis::cmd("INFO").arg("memory").query_async(&mut conn),
         )
         .await
         .map_err(|_| Error::Timeout(self.connect_timeout))??;
-        Ok(parse_info(&text))
+        info_of(reply)
     }
 
-    /// Replaces the connection manager with a new one that connects afresh.
+    /// Replaces the connection with a new one that connects afresh (on a cluster, from the seed
+    /// nodes, with a fresh slot map).
     ///
     /// The manager reconnects by itself only when its connection *fails*. A connection whose
     /// peer vanished without a reset (a network partition, a moved VIP, a failover) just stops
@@ -788,11 +859,7 @@ impl Remote {
     /// [`kept_by_the_manager`]) is never retried by the manager; recovery calls this then too.
     /// Calls in flight finish on the old connection.
     pub(crate) fn reconnect(&self) -> Result<()> {
-        let fresh = ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            self.manager_config.clone(),
-        )
-        .map_err(Error::Redis)?;
+        let fresh = self.connector.connect().map_err(Error::Redis)?;
         self.conn.store(Arc::new(fresh));
         Ok(())
     }
@@ -848,21 +915,20 @@ fn note_tags(pipe: &mut redis::Pipeline, tags: &[TagNote<'_>]) {
             .arg("GET")
             .arg("PX")
             .arg(life);
-        pipe.cmd("PEXPIRE")
-            .arg(tag.key)
-            .arg(life)
-            .arg("GT")
-            .ignore();
+        // Its reply is skipped by `noted_versions` (not `ignore()`d: a cluster splits the
+        // pipeline per slot, and the split keeps one reply per command).
+        pipe.cmd("PEXPIRE").arg(tag.key).arg(life).arg("GT");
     }
 }
 
-/// The version of each tag from the replies of [`note_tags`].
+/// The version of each tag from the replies of [`note_tags`] (two per tag: the SET's, then the
+/// PEXPIRE's).
 fn noted_versions(
     tags: &[TagNote<'_>],
     replies: impl Iterator<Item = Value>,
 ) -> Result<Vec<Vec<u8>>> {
     tags.iter()
-        .zip(replies)
+        .zip(replies.step_by(2))
         .map(|(tag, reply)| Ok(bytes_reply(Some(reply))?.unwrap_or_else(|| tag.fresh.into())))
         .collect()
 }
@@ -896,6 +962,37 @@ fn describe(info: &ConnectionInfo) -> String {
         Some(user) => format!("{user}@{}/{}", info.addr(), redis.db()),
         None => format!("{}/{}", info.addr(), redis.db()),
     }
+}
+
+/// The fields of an `INFO` reply: one server's text, or on a cluster one text per master (a map
+/// keyed by address), summed over the masters.
+fn info_of(reply: Value) -> Result<ServerInfo> {
+    let texts: Vec<Value> = match reply {
+        Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+        Value::Array(values) => values,
+        text => vec![text],
+    };
+    let mut sum: Option<ServerInfo> = None;
+    for text in texts {
+        let text: String = redis::from_redis_value(text).map_err(|e| Error::Redis(e.into()))?;
+        let one = parse_info(&text);
+        sum = Some(match sum {
+            None => one,
+            Some(acc) => ServerInfo {
+                evicted_keys: add(acc.evicted_keys, one.evicted_keys),
+                used_memory: add(acc.used_memory, one.used_memory),
+                maxmemory: add(acc.maxmemory, one.maxmemory),
+                maxmemory_policy: acc.maxmemory_policy.or(one.maxmemory_policy),
+                // Only one server's figure is readable as is.
+                used_memory_human: None,
+            },
+        });
+    }
+    Ok(sum.unwrap_or_default())
+}
+
+fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(a?.saturating_add(b?))
 }
 
 fn parse_info(text: &str) -> ServerInfo {
@@ -932,6 +1029,34 @@ mod tests {
                 maxmemory_policy: Some("noeviction".into()),
                 used_memory_human: Some("1.00M".into()),
             }
+        );
+    }
+
+    #[test]
+    fn a_clusters_info_is_summed_over_its_masters() {
+        let text = |used: u64| {
+            Value::BulkString(
+                format!("used_memory:{used}\r\nused_memory_human:x\r\nmaxmemory:10\r\nmaxmemory_policy:allkeys-lru\r\nevicted_keys:1\r\n")
+                    .into_bytes(),
+            )
+        };
+        let map = Value::Map(vec![
+            (Value::SimpleString("a:1".into()), text(100)),
+            (Value::SimpleString("b:1".into()), text(200)),
+        ]);
+        assert_eq!(
+            info_of(map).unwrap(),
+            ServerInfo {
+                evicted_keys: Some(2),
+                used_memory: Some(300),
+                maxmemory: Some(20),
+                maxmemory_policy: Some("allkeys-lru".into()),
+                used_memory_human: None,
+            }
+        );
+        assert_eq!(
+            info_of(text(5)).unwrap().used_memory_human,
+            Some("x".into())
         );
     }
 

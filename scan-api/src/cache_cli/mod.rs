@@ -106,10 +106,17 @@ pub struct WarmArgs {
 pub enum CliError {
     /// Neither `--url` nor `--redis-url` (nor `REDIS_URL`).
     #[error(
-        "no target: give --url http://host:port (a running instance's admin API) or \
-         --redis-url redis://host:port (Redis directly; or set REDIS_URL)"
+        "no target: give --url http://host:port (a running instance's admin API), \
+         --redis-url redis://host:port (Redis directly; or set REDIS_URL) or \
+         --redis-cluster-urls redis://host:port,... (a Redis Cluster; or set REDIS_CLUSTER_URLS)"
     )]
     NoTarget,
+    /// Both `REDIS_URL` and `REDIS_CLUSTER_URLS` (as for the service).
+    #[error(
+        "REDIS_URL and REDIS_CLUSTER_URLS are both set: give --redis-url for one Redis server, or \
+         --redis-cluster-urls for a Redis Cluster, not both"
+    )]
+    TwoRedis,
     /// Both `--url` and `--redis-url`.
     #[error(
         "two targets: give either --url (a running instance's admin API) or --redis-url (Redis \
@@ -211,10 +218,21 @@ pub async fn run(args: CacheArgs, common: &Common, redis_url_flag: bool) -> Resu
         .as_deref()
         .map(str::trim)
         .filter(|u| !u.is_empty());
+    let cluster: Vec<String> = common
+        .redis_cluster_urls
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
     let target = match (&args.url, redis_url) {
         (Some(_), Some(_)) if redis_url_flag => return Err(CliError::TwoTargets),
         (Some(url), _) => Target::Api(AdminApi::new(url, args.token.clone())?),
+        (None, Some(_)) if !cluster.is_empty() => return Err(CliError::TwoRedis),
         (None, Some(url)) => Target::redis(url, common).await?,
+        (None, None) if !cluster.is_empty() => Target::redis_cluster(&cluster, common).await?,
         (None, None) => return Err(CliError::NoTarget),
     };
     let json = args.json;

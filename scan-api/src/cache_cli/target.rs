@@ -167,6 +167,26 @@ impl Target {
         let builder = CacheBuilder::from_env()
             .mode(Mode::Redis)
             .url(url)
+            .cluster_urls(Vec::<String>::new());
+        Self::connect(builder, redact(url), common).await
+    }
+
+    /// Connects to the Redis Cluster of the seed nodes `urls` (`REDIS_CLUSTER_URLS`), as
+    /// [`redis`](Self::redis) does to one server.
+    pub(crate) async fn redis_cluster(urls: &[String], common: &Common) -> Result<Self, CliError> {
+        let builder = CacheBuilder::from_env()
+            .mode(Mode::Redis)
+            .cluster_urls(urls.to_vec());
+        let seeds: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+        Self::connect(builder, format!("cluster {}", seeds.join(",")), common).await
+    }
+
+    async fn connect(
+        builder: CacheBuilder,
+        url: String,
+        common: &Common,
+    ) -> Result<Self, CliError> {
+        let builder = builder
             .namespace(common.cache_namespace.clone())
             .env_prefix(common.app_env.clone());
         let cache = cache_policy::configure(builder)
@@ -175,7 +195,6 @@ impl Target {
             .build()
             .await
             .map_err(CliError::Cache)?;
-        let url = redact(url);
         if !cache.is_connected() {
             return Err(CliError::RedisUnreachable { url });
         }

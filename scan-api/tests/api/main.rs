@@ -12,6 +12,7 @@ mod helpers;
 
 mod admin;
 mod cli;
+mod cluster;
 mod consistency;
 mod dashboard;
 mod deploy;

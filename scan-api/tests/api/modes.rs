@@ -133,6 +133,7 @@ fn settings(mode: CacheMode, redis_url: Option<String>) -> Common {
         database_url: String::new(),
         cache_mode: mode,
         redis_url,
+        redis_cluster_urls: None,
         cache_namespace: "scan-api".into(),
         app_env: "test".into(),
         cache_local_capacity: scan_api::cache_policy::LOCAL_CAPACITY,

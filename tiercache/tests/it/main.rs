@@ -10,6 +10,7 @@ mod helpers;
 
 mod acl;
 mod chaos;
+mod cluster;
 mod coalescing;
 mod faults;
 mod invalidation;
