@@ -21,6 +21,7 @@ use crate::builder::CacheBuilder;
 use crate::coalesce::Coalescer;
 use crate::codec::{Envelope, LEASE_BYTE, Sealed};
 use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
+use crate::encryption::{Protection, Rejected};
 use crate::error::{Error, Result};
 use crate::history::InvalidationRecord;
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
@@ -95,6 +96,8 @@ pub(crate) struct Inner {
     /// Shared with `remote`, which counts errors and timeouts.
     pub(crate) counters: Arc<Counters>,
     pub(crate) envelope: Envelope,
+    /// Which categories are encrypted in Redis, with which keys (see `encryption`).
+    pub(crate) protection: Protection,
     pub(crate) ttl: TtlPolicy,
     pub(crate) loads: Coalescer,
     pub(crate) started: Instant,
@@ -172,6 +175,12 @@ impl Cache {
         self.inner.mode != Mode::Disabled
     }
 
+    /// Whether `key`'s values are cached at all: not when the cache is disabled, nor for a
+    /// sensitive category without encryption keys (see `encryption`).
+    fn caches(&self, key: &Key) -> bool {
+        self.enabled() && !self.inner.protection.not_cached(key)
+    }
+
     fn coherence(&self) -> &Coherence {
         &self.inner.coherence
     }
@@ -191,7 +200,7 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if !self.enabled() {
+        if !self.caches(key) {
             self.inner.counters.miss(key.category());
             return None;
         }
@@ -272,7 +281,11 @@ impl Cache {
         if bytes.first() == Some(&LEASE_BYTE) {
             return Ok(Lookup::Miss);
         }
-        let sealed = match Sealed::open(bytes) {
+        let bytes = match self.inner.protection.open(key, bytes) {
+            Ok(envelope) => envelope,
+            Err(why) => return Ok(self.reject(key, why).await),
+        };
+        let sealed = match Sealed::open(&bytes) {
             Ok(sealed) => sealed,
             Err(e) => return Ok(self.discard(key, &e).await),
         };
@@ -293,16 +306,28 @@ impl Cache {
         }
     }
 
+    /// A value that failed to authenticate: counted, logged (rate-limited), deleted, a miss.
+    async fn reject<T>(&self, key: &Key, why: Rejected) -> Lookup<T> {
+        self.inner.counters.unauthenticated_value();
+        self.inner.protection.log_rejection(key, why);
+        self.delete_unreadable(key).await;
+        Lookup::Miss
+    }
+
     async fn discard<T>(&self, key: &Key, e: &Error) -> Lookup<T> {
         tracing::warn!(key = key.as_str(), error = %e, "cached value does not decode; deleting it");
-        // Best effort: if this fails, the next read finds the same bytes and tries again.
-        // No notice: no other instance can hold a value that does not decode.
+        self.delete_unreadable(key).await;
+        Lookup::Miss
+    }
+
+    /// Deletes a value this cache cannot use. Best effort: if this fails, the next read finds
+    /// the same bytes and tries again. No notice: no other instance can hold it decoded.
+    async fn delete_unreadable(&self, key: &Key) {
         let _ = self
             .coherence()
             .remote
             .invalidate_keys(&[key.as_str()], None, Via::Breaker)
             .await;
-        Lookup::Miss
     }
 
     /// Stores `value` under `key` with its TTL (its own, or its category's; with jitter), in one `SET ... PX`.
@@ -414,14 +439,15 @@ impl Cache {
         let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
         let mut remote_names = Vec::new();
         for key in keys {
-            let found = if self.enabled() {
+            let found = if self.caches(key) {
                 self.tier_value::<T>(key)
             } else {
                 None
             };
             match found {
                 Some(_) => self.inner.counters.local_hit(key.category()),
-                None => remote_names.push(key.as_str()),
+                None if self.caches(key) => remote_names.push(key.as_str()),
+                None => {}
             }
             out.push(found);
         }
@@ -436,6 +462,10 @@ impl Cache {
         for (key, slot) in keys.iter().zip(out.iter_mut()) {
             // Filled so far: from the tier (counted above); the others are Redis's, in order.
             if slot.is_some() {
+                continue;
+            }
+            if !self.caches(key) {
+                self.count_read(key, false);
                 continue;
             }
             if let Some(Some(bytes)) = raw.next()
@@ -529,8 +559,9 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>>,
     {
-        if !self.enabled() {
-            // A disabled cache is a plain pass-through: no Redis, no coalescing.
+        if !self.caches(key) {
+            // A disabled cache (or a category it must not cache) is a plain pass-through: no
+            // Redis, no coalescing.
             self.inner.counters.miss(key.category());
             self.inner.counters.loader_run();
             return init
@@ -693,8 +724,9 @@ impl Cache {
         c.fill(key, ticket, lease, &bytes, ttl, decoded).await
     }
 
-    /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone);
-    /// `None`, logged and counted, if it cannot be.
+    /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone),
+    /// and encrypted if its category is sensitive; `None`, logged and counted, if it cannot be,
+    /// and `None` (silently: said at start-up) if its category is not cached.
     fn encode<T: Serialize + ?Sized>(
         &self,
         key: &Key,
@@ -707,8 +739,13 @@ impl Cache {
             .map(Tag::as_str)
             .zip(versions.iter().copied())
             .collect();
-        match self.inner.envelope.encode_tagged(value, &tags) {
-            Ok(bytes) => Some(bytes),
+        let encoded = self
+            .inner
+            .envelope
+            .encode_tagged(value, &tags)
+            .and_then(|envelope| self.inner.protection.seal(key, envelope));
+        match encoded {
+            Ok(bytes) => bytes,
             Err(e) => {
                 self.inner.counters.error();
                 tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");

@@ -10,6 +10,7 @@ mod helpers;
 
 mod chaos;
 mod coalescing;
+mod encryption;
 mod faults;
 mod invalidation;
 mod local;
