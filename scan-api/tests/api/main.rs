@@ -23,4 +23,5 @@ mod latest;
 mod metrics;
 mod modes;
 mod openapi;
+mod sessions;
 mod stats;
