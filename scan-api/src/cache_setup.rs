@@ -20,7 +20,7 @@
 //! is used, and the start-up line says so. Explicit `standalone` with 0 is an error.
 //!
 //! `CACHE_ENCRYPTION_KEYS` holds the keys of the sensitive categories (see
-//! [`cache_policy`](crate::cache_policy)); without it they are not cached, with a bad one the
+//! [`cache_policy`]); without it they are not cached, with a bad one the
 //! cache, and so the process, does not start.
 //!
 //! `seed` and `import` resolve the same way, except that where the server would run standalone
