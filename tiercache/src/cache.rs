@@ -321,7 +321,8 @@ impl Cache {
     }
 
     /// Deletes a value this cache cannot use. Best effort: if this fails, the next read finds
-    /// the same bytes and tries again. No notice: no other instance can hold it decoded.
+    /// the same bytes and tries again. No notice: removing an unusable copy changes no data (an
+    /// instance that could read it, with other keys, keeps its decoded copy, as fresh as ever).
     async fn delete_unreadable(&self, key: &Key) {
         let _ = self
             .coherence()
