@@ -18,6 +18,7 @@
 //! | `GET /api/images/{name}/latest`, `/versions` | image metadata (15 min) | `image:{name}` |
 //! | `GET /api/insights` | analysis (30 min) | `insights` |
 //! | (data) the insights computation | insights data (30 min) | `insights` |
+//! | (data) user sessions, for an auth layer | sessions (30 min), **sensitive** | |
 //!
 //! A POST or DELETE of scan *N* of image *X* purges, after its transaction committed and before
 //! it answers, `scan-lists`, `scan:{N}`, `vulnerabilities`, `image:{X}`, `images` and
@@ -27,6 +28,14 @@
 //! Keys are the request's path and normalized query and its `Accept-Encoding` (answers are
 //! gzip-compressed inside the cache, once per variant; tiercache-axum's `DefaultCacheKey`).
 //! Requests with `Authorization` or `Cookie`, or `Cache-Control: no-store`, bypass the cache.
+//!
+//! The `sessions` category is [sensitive](SENSITIVE): its values are stored in Redis encrypted
+//! (XChaCha20-Poly1305, bound to their key name) with the keys of `CACHE_ENCRYPTION_KEYS`
+//! (comma-separated, 32 bytes each as base64 or hex, the newest first; read by
+//! `tiercache::CacheBuilder::from_env`). Without keys the service still starts, and sessions are
+//! simply never cached (tiercache warns once at start-up): a missing secret costs database
+//! reads, never an outage, and never a session in clear in Redis. A malformed key list stops
+//! the service at start-up, naming the variable and the key's position (never the key).
 //!
 //! Every instance keeps an in-process tier of [`LOCAL_CAPACITY`] bytes in front of Redis
 //! (`CACHE_LOCAL_CAPACITY`, 0 to turn it off). Its entries live no longer than their Redis copy,
@@ -57,14 +66,21 @@ pub const ANALYSIS: Category = Category::from_static("analysis");
 /// The insights computation's result, as data (see `routes::insights`).
 pub const INSIGHTS_DATA: Category = Category::from_static("insights_data");
 
+/// User sessions (for an auth layer): sensitive, see [`SENSITIVE`].
+pub const SESSIONS: Category = Category::from_static("sessions");
+
 /// TTL per category.
-pub const TTLS: [(Category, Duration); 5] = [
+pub const TTLS: [(Category, Duration); 6] = [
     (SCAN_RESULTS, Duration::from_secs(5 * 60)),
     (VULNERABILITIES, Duration::from_secs(10 * 60)),
     (IMAGE_METADATA, Duration::from_secs(15 * 60)),
     (ANALYSIS, Duration::from_secs(30 * 60)),
     (INSIGHTS_DATA, Duration::from_secs(30 * 60)),
+    (SESSIONS, Duration::from_secs(30 * 60)),
 ];
+
+/// Categories stored encrypted in Redis (with `CACHE_ENCRYPTION_KEYS`; never cached without).
+pub const SENSITIVE: [Category; 1] = [SESSIONS];
 
 /// Default size of the in-process tier, in bytes.
 pub const LOCAL_CAPACITY: u64 = 64 * 1024 * 1024;
@@ -73,10 +89,14 @@ pub const LOCAL_CAPACITY: u64 = 64 * 1024 * 1024;
 /// stream through uncached.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// Applies the TTL table and the default in-process tier to a cache builder.
+/// Applies the TTL table, the sensitive categories and the default in-process tier to a cache
+/// builder.
 pub fn configure(mut builder: CacheBuilder) -> CacheBuilder {
     for (category, ttl) in TTLS {
         builder = builder.ttl(category, ttl);
+    }
+    for category in SENSITIVE {
+        builder = builder.sensitive(category);
     }
     builder.local_capacity(LOCAL_CAPACITY)
 }

@@ -20,6 +20,10 @@
 //! finds no Redis, the default capacity ([`LOCAL_CAPACITY`](crate::cache_policy::LOCAL_CAPACITY))
 //! is used, and the start-up line says so. Explicit `standalone` with 0 is an error.
 //!
+//! `CACHE_ENCRYPTION_KEYS` holds the keys of the sensitive categories (see
+//! [`cache_policy`]); without it they are not cached, with a bad one the
+//! cache, and so the process, does not start.
+//!
 //! `seed` and `import` resolve the same way, except that where the server would run standalone
 //! they run without a cache: a one-off process's private tier would serve nobody, and a server
 //! running standalone hears nothing of another process's writes either way (it serves its
@@ -236,9 +240,21 @@ impl Plan {
 
     /// Builds the cache this plan describes, with this service's TTLs and namespace.
     pub async fn build(&self, common: &Common) -> Result<Cache, tiercache::Error> {
-        // From the environment for REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB; the plan and
-        // the flags (which read the same variables) win for the rest.
-        let builder = CacheBuilder::from_env().mode(self.mode);
+        self.build_with(common, |name| std::env::var(name).ok())
+            .await
+    }
+
+    /// [`build`](Self::build) with the variables read through `lookup` rather than from the
+    /// environment (for tests).
+    pub async fn build_with(
+        &self,
+        common: &Common,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Cache, tiercache::Error> {
+        // From the environment for REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB and
+        // CACHE_ENCRYPTION_KEYS; the plan and the flags (which read the same variables) win for
+        // the rest.
+        let builder = CacheBuilder::from_lookup(lookup).mode(self.mode);
         // The plan names the one server or the cluster (`resolve` refused both).
         let builder = if self.cluster_urls.is_empty() {
             builder

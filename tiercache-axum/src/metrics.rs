@@ -147,6 +147,10 @@ fn describe() {
             "Calls skipped because the circuit breaker was open.",
         ),
         (
+            "tiercache_unauthenticated_values_total",
+            "Values read from Redis that failed to authenticate (an encrypted category's): read as misses and deleted.",
+        ),
+        (
             "tiercache_breaker_trips_total",
             "Times the circuit breaker opened.",
         ),

@@ -14,6 +14,7 @@ use crate::cache::{Cache, Inner, Mode};
 use crate::coalesce::Coalescer;
 use crate::codec::{Codec, Envelope};
 use crate::coherence::{Coherence, CoherenceConfig, DEFAULT_LOCAL_LEASE, Scope};
+use crate::encryption::{Encryption, Protection};
 use crate::error::{Error, Result};
 use crate::key::{Category, KeySpace};
 use crate::memory::{self, DEFAULT_MAX_VALUE_BYTES, ValueLimit};
@@ -35,11 +36,12 @@ pub const DEFAULT_MAX_LOAD_TIME: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tiercache::{Cache, Category, Codec, Mode};
+/// use tiercache::{Cache, Category, Codec, Encryption, Mode};
 ///
 /// const SCANS: Category = Category::from_static("scans");
+/// const SESSIONS: Category = Category::from_static("sessions");
 ///
-/// # async fn demo() -> Result<(), tiercache::Error> {
+/// # async fn demo(keys: String) -> Result<(), tiercache::Error> {
 /// let cache = Cache::builder()
 ///     .mode(Mode::Redis)                        // or Mode::Standalone: in process, no Redis
 ///     .url("redis://127.0.0.1:6379")
@@ -55,6 +57,8 @@ pub const DEFAULT_MAX_LOAD_TIME: Duration = Duration::from_secs(10);
 ///     .ttl(SCANS, Duration::from_secs(300))     // per category ...
 ///     .default_ttl(Duration::from_secs(300))    // ... and for the others
 ///     .jitter(0.1)                              // ±10%
+///     .sensitive(SESSIONS)                      // encrypted in Redis, with ...
+///     .encryption(Encryption::parse(&keys)?)    // ... keys from configuration, new first
 ///     .codec(Codec::Postcard)
 ///     .compress_threshold(1024)                 // LZ4 above 1 KiB
 ///     .local_capacity(64 << 20)                 // in-process tier of 64 MiB in front of Redis
@@ -83,6 +87,9 @@ pub struct CacheBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     ttl: TtlPolicy,
+    /// The keys of the sensitive categories; never shown (its `Debug` says how many).
+    encryption: Option<Encryption>,
+    sensitive: Vec<Category>,
     codec: Codec,
     compress_threshold: usize,
     scan_count: usize,
@@ -124,6 +131,8 @@ impl std::fmt::Debug for CacheBuilder {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("ttl", &self.ttl)
+            .field("encryption", &self.encryption)
+            .field("sensitive", &self.sensitive)
             .field("codec", &self.codec)
             .field("compress_threshold", &self.compress_threshold)
             .field("mode", &self.mode)
@@ -152,6 +161,8 @@ impl Default for CacheBuilder {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_millis(250),
             ttl: TtlPolicy::default(),
+            encryption: None,
+            sensitive: Vec::new(),
             codec: Codec::default(),
             compress_threshold: 1024,
             scan_count: 1000,
@@ -179,9 +190,11 @@ impl CacheBuilder {
     /// A builder configured from the environment: `REDIS_URL` (or `REDIS_CLUSTER_URLS`,
     /// comma-separated seed-node URLs of a Redis Cluster), `REDIS_USERNAME`,
     /// `REDIS_PASSWORD`, `REDIS_DB`, `CACHE_NAMESPACE`, `APP_ENV`, `CACHE_LOCAL_CAPACITY`
-    /// (bytes for the in-process tier, 0 for none) and `CACHE_MAX_VALUE_BYTES` (see
-    /// [`max_value_bytes`](Self::max_value_bytes)). Unset variables keep the defaults; an
-    /// invalid one is reported by `build`, naming the variable.
+    /// (bytes for the in-process tier, 0 for none), `CACHE_MAX_VALUE_BYTES` (see
+    /// [`max_value_bytes`](Self::max_value_bytes)) and `CACHE_ENCRYPTION_KEYS` (the keys of the
+    /// [`sensitive`](Self::sensitive) categories, comma-separated, as [`Encryption::parse`]
+    /// reads them). Unset (or empty) variables keep the defaults; an invalid one is reported by
+    /// `build`, naming the variable (never echoing a key).
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -236,6 +249,12 @@ impl CacheBuilder {
                     "CACHE_MAX_VALUE_BYTES",
                     format!("{bytes:?} is not a number of bytes"),
                 )),
+            }
+        }
+        if let Some(keys) = lookup("CACHE_ENCRYPTION_KEYS").filter(|k| !k.trim().is_empty()) {
+            match Encryption::parse(&keys) {
+                Ok(encryption) => b = b.encryption(encryption),
+                Err(e) => b.defer(Error::config("CACHE_ENCRYPTION_KEYS", e.to_string())),
             }
         }
         b
@@ -344,6 +363,39 @@ impl CacheBuilder {
         if let Err(e) = self.ttl.set_fallback(ttl) {
             self.defer(e);
         }
+        self
+    }
+
+    /// Marks `category` sensitive (sessions, user profiles): its values are stored in Redis
+    /// encrypted with the [`encryption`](Self::encryption) keys, bound to their key name, and a
+    /// value of it that does not authenticate is a miss (and is deleted). Without keys it is
+    /// not cached at all (said once, at build). See [`Encryption`] for the format and rotation.
+    ///
+    /// ```no_run
+    /// use tiercache::{Cache, Category, Encryption};
+    ///
+    /// const SESSIONS: Category = Category::from_static("sessions");
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = Cache::builder()
+    ///     .sensitive(SESSIONS)
+    ///     .encryption(Encryption::parse(&std::env::var("CACHE_ENCRYPTION_KEYS")?)?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sensitive(mut self, category: Category) -> Self {
+        if !self.sensitive.contains(&category) {
+            self.sensitive.push(category);
+        }
+        self
+    }
+
+    /// The keys of the [`sensitive`](Self::sensitive) categories: the first encrypts new
+    /// values, every one decrypts (for rotation). Read from `CACHE_ENCRYPTION_KEYS` by
+    /// [`from_env`](Self::from_env).
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(encryption);
         self
     }
 
@@ -558,6 +610,8 @@ impl CacheBuilder {
             _ => None,
         };
 
+        let protection = Protection::new(self.encryption, self.sensitive, self.mode != Mode::Redis);
+        protection.log_start();
         let counters = Arc::new(Counters::new(keys.label(), self.ttl.categories()));
         let remote = Arc::new(Remote::new(
             RemoteConfig {
@@ -648,6 +702,7 @@ impl CacheBuilder {
             counters,
             envelope: Envelope::new(self.codec, self.compress_threshold),
             value_limit: ValueLimit::new(self.max_value_bytes),
+            protection,
             ttl: self.ttl,
             loads: Coalescer::default(),
             started: Instant::now(),
@@ -743,14 +798,29 @@ mod tests {
     fn passwords_are_redacted_from_messages() {
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-        let b = CacheBuilder::new()
+        let key = "68756e746572342068756e746572342068756e746572342068756e7465723421";
+        let b = CacheBuilder::from_lookup(|k| (k == "CACHE_ENCRYPTION_KEYS").then(|| key.into()))
             .url("redis://u:hunter2@h:1")
-            .password("hunter3");
+            .password("hunter3")
+            .sensitive(Category::new("sessions"));
         let shown = format!("{b:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            !shown.contains("hunter2") && !shown.contains("hunter3") && !shown.contains(key),
             "{shown}"
         );
+        assert!(shown.contains("Encryption { keys: 1, .. }"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_key_list_is_a_configuration_error_of_encryption() {
+        let err: Error = Encryption::parse("aGVsbG8=").unwrap_err().into();
+        let shown = err.to_string();
+        assert!(err.is_config());
+        assert!(
+            shown.contains("`encryption`") && shown.contains("key 1 is 5 bytes"),
+            "{shown}"
+        );
+        assert!(!shown.contains("aGVsbG8"), "{shown}");
     }
 
     #[test]
@@ -836,6 +906,12 @@ mod tests {
             (
                 CacheBuilder::new().cluster_urls(["redis://b:1"]).db(1),
                 "db",
+            ),
+            (
+                CacheBuilder::from_lookup(|k| {
+                    (k == "CACHE_ENCRYPTION_KEYS").then(|| "hunter2hunter2".into())
+                }),
+                "CACHE_ENCRYPTION_KEYS",
             ),
         ];
         for (builder, setting) in cases {

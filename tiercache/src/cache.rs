@@ -21,6 +21,7 @@ use crate::builder::CacheBuilder;
 use crate::coalesce::Coalescer;
 use crate::codec::{Envelope, LEASE_BYTE, Sealed};
 use crate::coherence::{Change, Coherence, Lease, Leasing, Target, Ticket};
+use crate::encryption::{Protection, Rejected};
 use crate::error::{Error, Result};
 use crate::history::InvalidationRecord;
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
@@ -98,6 +99,8 @@ pub(crate) struct Inner {
     pub(crate) envelope: Envelope,
     /// The per-value size limit (`max_value_bytes`).
     pub(crate) value_limit: ValueLimit,
+    /// Which categories are encrypted in Redis, with which keys (see `encryption`).
+    pub(crate) protection: Protection,
     pub(crate) ttl: TtlPolicy,
     pub(crate) loads: Coalescer,
     pub(crate) started: Instant,
@@ -113,8 +116,9 @@ struct Encoded(Arc<[u8]>);
 /// What encoding a value for storage gave.
 enum Encoding {
     Bytes(Vec<u8>),
-    /// Larger than `max_value_bytes` (counted and logged): not to be stored.
-    Oversized,
+    /// Not to be stored, and an older value must go: larger than `max_value_bytes` (counted
+    /// and logged), or of a sensitive category that is not cached (no keys).
+    NotStored,
     /// Could not be encoded (counted and logged).
     Failed,
 }
@@ -184,6 +188,12 @@ impl Cache {
         self.inner.mode != Mode::Disabled
     }
 
+    /// Whether `key`'s values are cached at all: not when the cache is disabled, nor for a
+    /// sensitive category without encryption keys (see `encryption`).
+    fn caches(&self, key: &Key) -> bool {
+        self.enabled() && !self.inner.protection.not_cached(key)
+    }
+
     fn coherence(&self) -> &Coherence {
         &self.inner.coherence
     }
@@ -203,7 +213,7 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if !self.enabled() {
+        if !self.caches(key) {
             self.inner.counters.miss(key.category());
             return None;
         }
@@ -284,7 +294,11 @@ impl Cache {
         if bytes.first() == Some(&LEASE_BYTE) {
             return Ok(Lookup::Miss);
         }
-        let sealed = match Sealed::open(bytes) {
+        let bytes = match self.inner.protection.open(key, bytes) {
+            Ok(envelope) => envelope,
+            Err(why) => return Ok(self.reject(key, why).await),
+        };
+        let sealed = match Sealed::open(&bytes) {
             Ok(sealed) => sealed,
             Err(e) => return Ok(self.discard(key, &e).await),
         };
@@ -305,16 +319,29 @@ impl Cache {
         }
     }
 
+    /// A value that failed to authenticate: counted, logged (rate-limited), deleted, a miss.
+    async fn reject<T>(&self, key: &Key, why: Rejected) -> Lookup<T> {
+        self.inner.counters.unauthenticated_value();
+        self.inner.protection.log_rejection(key, why);
+        self.delete_unreadable(key).await;
+        Lookup::Miss
+    }
+
     async fn discard<T>(&self, key: &Key, e: &Error) -> Lookup<T> {
         tracing::warn!(key = key.as_str(), error = %e, "cached value does not decode; deleting it");
-        // Best effort: if this fails, the next read finds the same bytes and tries again.
-        // No notice: no other instance can hold a value that does not decode.
+        self.delete_unreadable(key).await;
+        Lookup::Miss
+    }
+
+    /// Deletes a value this cache cannot use. Best effort: if this fails, the next read finds
+    /// the same bytes and tries again. No notice: removing an unusable copy changes no data (an
+    /// instance that could read it, with other keys, keeps its decoded copy, as fresh as ever).
+    async fn delete_unreadable(&self, key: &Key) {
         let _ = self
             .coherence()
             .remote
             .invalidate_keys(&[key.as_str()], None, Via::Breaker)
             .await;
-        Lookup::Miss
     }
 
     /// Stores `value` under `key` with its TTL (its own, or its category's; with jitter), in one `SET ... PX`.
@@ -381,7 +408,7 @@ impl Cache {
             };
             match self.encode(key, *value, &tags) {
                 Encoding::Bytes(bytes) => encoded.push((key, bytes, *ttl)),
-                Encoding::Oversized => oversized.push(key.as_str()),
+                Encoding::NotStored => oversized.push(key.as_str()),
                 Encoding::Failed => break,
             }
         }
@@ -436,14 +463,15 @@ impl Cache {
         let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
         let mut remote_names = Vec::new();
         for key in keys {
-            let found = if self.enabled() {
+            let found = if self.caches(key) {
                 self.tier_value::<T>(key)
             } else {
                 None
             };
             match found {
                 Some(_) => self.inner.counters.local_hit(key.category()),
-                None => remote_names.push(key.as_str()),
+                None if self.caches(key) => remote_names.push(key.as_str()),
+                None => {}
             }
             out.push(found);
         }
@@ -458,6 +486,10 @@ impl Cache {
         for (key, slot) in keys.iter().zip(out.iter_mut()) {
             // Filled so far: from the tier (counted above); the others are Redis's, in order.
             if slot.is_some() {
+                continue;
+            }
+            if !self.caches(key) {
+                self.count_read(key, false);
                 continue;
             }
             if let Some(Some(bytes)) = raw.next()
@@ -551,8 +583,9 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>>,
     {
-        if !self.enabled() {
-            // A disabled cache is a plain pass-through: no Redis, no coalescing.
+        if !self.caches(key) {
+            // A disabled cache (or a category it must not cache) is a plain pass-through: no
+            // Redis, no coalescing.
             self.inner.counters.miss(key.category());
             self.inner.counters.loader_run();
             return init
@@ -716,7 +749,9 @@ impl Cache {
     }
 
     /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone),
-    /// unless it cannot be, or is larger than `max_value_bytes` (both logged and counted).
+    /// unless it cannot be (logged and counted), its category is sensitive and not cached (no
+    /// keys: said at start-up), or it is larger than `max_value_bytes` (logged and counted). A
+    /// sensitive category's value is encrypted; the limit applies to what Redis would hold.
     fn encode<T: Serialize + ?Sized>(&self, key: &Key, value: &T, versions: &[&[u8]]) -> Encoding {
         let tags: Vec<(&str, &[u8])> = key
             .tags()
@@ -724,8 +759,13 @@ impl Cache {
             .map(Tag::as_str)
             .zip(versions.iter().copied())
             .collect();
-        match self.inner.envelope.encode_tagged(value, &tags) {
-            Ok(bytes)
+        let encoded = self
+            .inner
+            .envelope
+            .encode_tagged(value, &tags)
+            .and_then(|envelope| self.inner.protection.seal(key, envelope));
+        match encoded {
+            Ok(Some(bytes))
                 if self.inner.value_limit.admits(
                     key.as_str(),
                     bytes.len(),
@@ -734,7 +774,7 @@ impl Cache {
             {
                 Encoding::Bytes(bytes)
             }
-            Ok(_) => Encoding::Oversized,
+            Ok(_) => Encoding::NotStored,
             Err(e) => {
                 self.inner.counters.error();
                 tracing::warn!(key = key.as_str(), error = %e, "value cannot be encoded; not cached");

@@ -4,7 +4,7 @@
 //!
 //! | byte | meaning |
 //! |------|---------|
-//! | 0    | envelope version: [`ENVELOPE_VERSION`] (1) for an untagged value, 2 for a tagged one |
+//! | 0    | envelope version: [`ENVELOPE_VERSION`] (1) for an untagged value, 2 for a tagged one, 3 for an encrypted one |
 //! | 1    | codec id: 1 postcard, 2 MessagePack, 3 JSON |
 //! | 2    | compression id: 0 none, 1 LZ4 (size-prepended block) |
 //!
@@ -12,6 +12,10 @@
 //! when the value was loaded: a count byte (1 to [`MAX_TAGS`](crate::MAX_TAGS)), then per tag a
 //! little-endian `u16` length and the encoded tag, a `u8` length and the version. The payload
 //! follows. A reader compares those versions with the tags' current ones (see `coherence`).
+//!
+//! An encrypted value (version 3, a sensitive category's) carries a version 1 or 2 envelope,
+//! encrypted with the Redis key name as associated data; its layout is in `encryption`, which
+//! opens it before anything here reads it.
 //!
 //! Byte 0 is never 0 in a value: a stored string starting with 0 is a load lease (see
 //! `coherence`), which readers treat as a miss and never delete.
@@ -36,6 +40,9 @@ pub const ENVELOPE_VERSION: u8 = 1;
 
 /// Byte 0 of a tagged value.
 const TAGGED_VERSION: u8 = 2;
+
+/// Byte 0 of an encrypted value (see `encryption`).
+pub(crate) const ENCRYPTED_VERSION: u8 = 3;
 
 /// Byte 0 of a load lease, which is stored where a value would be but is not one.
 pub(crate) const LEASE_BYTE: u8 = 0;
@@ -192,6 +199,9 @@ impl<'a> Sealed<'a> {
         let (tags, payload) = match *version {
             ENVELOPE_VERSION => (Vec::new(), rest),
             TAGGED_VERSION => read_tags(rest)?,
+            ENCRYPTED_VERSION => {
+                return Err(Error::Decode("encrypted value: open it first".into()));
+            }
             other => return Err(Error::Decode(format!("unknown envelope version {other}"))),
         };
         Ok(Self {
@@ -345,6 +355,146 @@ mod tests {
             b"plain",
         ] {
             assert!(env.decode::<u8>(bad).unwrap_err().is_codec(), "{bad:?}");
+        }
+    }
+
+    /// Encryption of envelopes (see `encryption`): what a sensitive category stores.
+    mod encrypted {
+        use super::*;
+        use crate::encryption::{ENCRYPTION_OVERHEAD, Encryption, Rejected};
+
+        const NAME: &str = "prod:app:sessions:{abc}";
+
+        fn keys(seeds: &[u8]) -> Encryption {
+            Encryption::new(seeds.iter().map(|s| [*s; 32])).unwrap()
+        }
+
+        fn sealed(e: &Encryption, env: &Envelope) -> (Row, Vec<u8>, Vec<u8>) {
+            let row = Row {
+                id: 7,
+                name: "SECRET-MARKER".repeat(10),
+                tags: vec!["t".into(); 3],
+                score: Some(1.5),
+            };
+            let plain = env
+                .encode_tagged(&row, &[("user:{1}", &b"v1"[..])])
+                .unwrap();
+            let stored = e.seal(NAME, &plain).unwrap();
+            (row, plain, stored)
+        }
+
+        proptest! {
+            #[test]
+            fn round_trips_under_its_own_name(r in row(), threshold in prop_oneof![Just(0usize), Just(usize::MAX)]) {
+                let e = keys(&[1, 2]);
+                let env = Envelope::new(Codec::Postcard, threshold);
+                let plain = env.encode(&r).unwrap();
+                let stored = e.seal(NAME, &plain).unwrap();
+                prop_assert_eq!(stored[0], ENCRYPTED_VERSION);
+                prop_assert_eq!(stored.len(), plain.len() + ENCRYPTION_OVERHEAD);
+                let opened = e.open(NAME, &stored).unwrap();
+                prop_assert_eq!(&opened, &plain);
+                prop_assert_eq!(env.decode::<Row>(&opened).unwrap(), r);
+            }
+
+            #[test]
+            fn garbage_is_refused_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
+                let mut bytes = bytes;
+                if let Some(b) = bytes.first_mut() {
+                    *b = ENCRYPTED_VERSION;
+                }
+                prop_assert!(keys(&[1]).open(NAME, &bytes).is_err());
+            }
+        }
+
+        #[test]
+        fn the_plaintext_is_not_in_the_stored_bytes_and_nonces_differ() {
+            let e = keys(&[1]);
+            let (_, plain, stored) = sealed(&e, &Envelope::new(Codec::Json, usize::MAX));
+            let marker = b"SECRET-MARKER";
+            assert!(plain.windows(marker.len()).any(|w| w == marker));
+            assert!(!stored.windows(marker.len()).any(|w| w == marker));
+            // The tag names travel inside, too.
+            assert!(!stored.windows(8).any(|w| w == b"user:{1}"));
+            let again = e.seal(NAME, &plain).unwrap();
+            assert_ne!(again[2..26], stored[2..26], "a fresh nonce per value");
+            assert_ne!(again, stored);
+        }
+
+        #[test]
+        fn any_altered_byte_or_another_name_fails_to_authenticate() {
+            let e = keys(&[1]);
+            let (row, _, stored) = sealed(&e, &Envelope::new(Codec::Postcard, 0));
+            assert_eq!(
+                Envelope::new(Codec::Postcard, 0)
+                    .decode::<Row>(&e.open(NAME, &stored).unwrap())
+                    .unwrap(),
+                row
+            );
+            for i in 0..stored.len() {
+                let mut t = stored.clone();
+                t[i] ^= 0x01;
+                let expected = match i {
+                    0 => Rejected::NotEncrypted,
+                    1 => Rejected::UnknownKey,
+                    _ => Rejected::Unauthentic,
+                };
+                assert_eq!(e.open(NAME, &t), Err(expected), "byte {i}");
+            }
+            for cut in 0..stored.len() {
+                assert!(e.open(NAME, &stored[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = stored.clone();
+            longer.push(0);
+            assert_eq!(e.open(NAME, &longer), Err(Rejected::Unauthentic));
+            // Copied under another key name: the associated data differs.
+            for other in ["prod:app:sessions:{abd}", "staging:app:sessions:{abc}", ""] {
+                assert_eq!(
+                    e.open(other, &stored),
+                    Err(Rejected::Unauthentic),
+                    "{other}"
+                );
+            }
+            // A plain envelope is not an encrypted one.
+            let plain = Envelope::new(Codec::Postcard, 0).encode(&row).unwrap();
+            assert_eq!(e.open(NAME, &plain), Err(Rejected::NotEncrypted));
+            // Nor does the envelope decoder take an encrypted value for a plain one.
+            assert!(Sealed::open(&stored).is_err());
+        }
+
+        #[test]
+        fn rotation_reads_old_values_and_writes_with_the_first_key() {
+            let old = keys(&[1]);
+            let rotated = keys(&[2, 1]);
+            let new_only = keys(&[2]);
+            let env = Envelope::new(Codec::Postcard, 0);
+            let (row, plain, by_old) = sealed(&old, &env);
+            assert_eq!(rotated.open(NAME, &by_old).unwrap(), plain);
+            assert_eq!(new_only.open(NAME, &by_old), Err(Rejected::UnknownKey));
+            let by_rotated = rotated.seal(NAME, &plain).unwrap();
+            assert_eq!(
+                env.decode::<Row>(&new_only.open(NAME, &by_rotated).unwrap())
+                    .unwrap(),
+                row
+            );
+            assert_eq!(old.open(NAME, &by_rotated), Err(Rejected::UnknownKey));
+        }
+
+        #[test]
+        fn keys_that_share_an_id_are_each_tried() {
+            // Two keys whose id bytes collide (about 1 in 256 pairs): found by search.
+            let ids: Vec<u8> = (0..=255u8)
+                .map(|seed| keys(&[seed]).seal(NAME, b"x").unwrap()[1])
+                .collect();
+            let (a, b) = (0..=255u8)
+                .flat_map(|a| (0..a).map(move |b| (a, b)))
+                .find(|(a, b)| ids[usize::from(*a)] == ids[usize::from(*b)])
+                .unwrap();
+            let both = keys(&[a, b]);
+            let by_b = keys(&[b]).seal(NAME, b"payload").unwrap();
+            assert_eq!(both.open(NAME, &by_b).unwrap(), b"payload");
+            // Key `a` alone has the id but is the wrong key: tried, and refused as unauthentic.
+            assert_eq!(keys(&[a]).open(NAME, &by_b), Err(Rejected::Unauthentic));
         }
     }
 }

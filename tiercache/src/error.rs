@@ -117,5 +117,13 @@ impl Error {
     }
 }
 
+/// A bad key list is a configuration error of the `encryption` setting (naming the key by
+/// position, never showing it).
+impl From<crate::encryption::KeyError> for Error {
+    fn from(e: crate::encryption::KeyError) -> Self {
+        Self::config("encryption", e.to_string())
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -52,7 +52,8 @@
 //!   and the background task that closes it again.
 //! - `coalesce`: one loader per key at a time; `clock`: the tier's cheap clock.
 //! - `key`: keys, patterns and tags built from untrusted input; `ttl`: per-category TTL with
-//!   jitter; `codec`: the versioned, optionally compressed value envelope.
+//!   jitter; `codec`: the versioned, optionally compressed value envelope; `encryption`: the
+//!   sensitive categories, encrypted in Redis ([`Encryption`]).
 //! - `memory`: Redis's memory kept in check: the start-up warning about `maxmemory` and its
 //!   policy, and the per-value size limit.
 //! - `stats`: counters, the metrics they report (a table in its docs) and the [`Stats`]
@@ -118,6 +119,14 @@ CACHE.invalidate_tag(&Tag::new("image", ["nginx"])).await; // the next call runs
 //! tier in front. [`Mode::Standalone`] keeps values in the in-process tier alone, for one
 //! instance without Redis. [`Mode::Disabled`] passes every read to the source.
 //!
+//! # Encrypted categories
+//! A category marked [`CacheBuilder::sensitive`] (sessions, user profiles) is stored in Redis
+//! encrypted (XChaCha20-Poly1305) with the keys of [`CacheBuilder::encryption`], each value
+//! bound to its full key name: a value copied under another key, altered, or under a key the
+//! cache does not have is a miss, and is deleted. Writes use the first key, reads any (key
+//! rotation). The in-process tier keeps decoded values, as for every category. See
+//! [`Encryption`] for the format, rotation and what is not hidden (key names, lengths).
+//!
 //! # Failure model
 //! Every Redis call is bounded by `op_timeout` (default 50 ms). After `breaker_threshold`
 //! consecutive failures the breaker opens and reads skip Redis entirely (a few nanoseconds); a
@@ -154,6 +163,7 @@ mod coalesce;
 mod codec;
 mod coherence;
 mod connection;
+mod encryption;
 mod error;
 mod history;
 mod invalidation;
@@ -173,6 +183,9 @@ pub use bus::CHANNEL_SILENCE;
 pub use cache::{Cache, CacheStatus, Mode};
 pub use codec::{Codec, ENVELOPE_VERSION};
 pub use coherence::DEFAULT_LOCAL_LEASE;
+pub use encryption::{
+    ENCRYPTION_OVERHEAD, Encryption, KEY_LEN, KeyError, REJECTION_LOG_INTERVAL, Rejected,
+};
 pub use error::{Error, Result};
 pub use history::{HISTORY_LEN, InvalidationKind, InvalidationRecord};
 pub use invalidation::MAX_PENDING;

@@ -26,6 +26,7 @@
 //! | `tiercache_invalidations_total` | counter | `kind` (`key`, `tag`, `pattern`, `clear`), `origin` (`own`, `peer`) | invalidations made here, or heard from another instance |
 //! | `tiercache_errors_total` | counter | | Redis calls that failed (timeouts included), values that could not be encoded |
 //! | `tiercache_timeouts_total` | counter | | Redis calls that hit the operation timeout |
+//! | `tiercache_unauthenticated_values_total` | counter | | values read from Redis that failed to authenticate (see `encryption`): read as misses and deleted |
 //! | `tiercache_short_circuits_total` | counter | | calls skipped because the breaker was open |
 //! | `tiercache_breaker_trips_total` | counter | | times the circuit breaker opened |
 //! | `tiercache_channel_losses_total` | counter | | times the invalidation channel was lost |
@@ -75,6 +76,10 @@ pub struct Stats {
     /// that Redis refused with `OOM` (at `maxmemory` under `noeviction`): nothing was stored,
     /// no caller was failed, the breaker stayed closed. Not counted in `errors`.
     pub oom_write_failures: u64,
+    /// Values read from Redis that failed to authenticate (a sensitive category's value that is
+    /// not encrypted, under a key this cache does not have, or copied from another key name or
+    /// altered): each was a miss, and was deleted.
+    pub unauthenticated_values: u64,
     /// Redis calls made (round trips: a command, a pipeline, a SCAN page), failed ones
     /// included: the denominator of an error rate.
     pub redis_calls: u64,
@@ -260,6 +265,7 @@ pub(crate) struct Counters {
     errors: Counted,
     timeouts: Counted,
     short_circuits: Counted,
+    unauthenticated_values: Counted,
     loader_runs: Counted,
     oversized: Counted,
     oom_write_failures: Counted,
@@ -326,6 +332,10 @@ impl Counters {
             errors: Counted::new("tiercache_errors_total", namespace),
             timeouts: Counted::new("tiercache_timeouts_total", namespace),
             short_circuits: Counted::new("tiercache_short_circuits_total", namespace),
+            unauthenticated_values: Counted::new(
+                "tiercache_unauthenticated_values_total",
+                namespace,
+            ),
             loader_runs: Counted::new("tiercache_loads_total", namespace),
             oversized: Counted::new("tiercache_oversized_total", namespace),
             oom_write_failures: Counted::with_reason(
@@ -394,6 +404,11 @@ impl Counters {
     /// A write Redis refused with `OOM`.
     pub(crate) fn oom_write_failure(&self) {
         self.oom_write_failures.add(1);
+    }
+
+    /// A value read from Redis failed to authenticate.
+    pub(crate) fn unauthenticated_value(&self) {
+        self.unauthenticated_values.add(1);
     }
 
     /// A hit served by the in-process tier (a hit of its category too).
@@ -478,6 +493,7 @@ impl Counters {
             short_circuits: self.short_circuits.get(),
             oversized: self.oversized.get(),
             oom_write_failures: self.oom_write_failures.get(),
+            unauthenticated_values: self.unauthenticated_values.get(),
             loader_runs: self.loader_runs.get(),
             local_hits: self
                 .categories

@@ -60,7 +60,13 @@ fn variables_read() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     walk(&scan_api::config::Cli::command(), &mut out);
     // `tiercache::CacheBuilder::from_lookup` (see `cache_setup`) and `tracing_subscriber`.
-    for extra in ["REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_DB", "RUST_LOG"] {
+    for extra in [
+        "REDIS_USERNAME",
+        "REDIS_PASSWORD",
+        "REDIS_DB",
+        "CACHE_ENCRYPTION_KEYS",
+        "RUST_LOG",
+    ] {
         out.insert(extra.to_owned());
     }
     out

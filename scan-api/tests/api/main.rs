@@ -26,4 +26,5 @@ mod memory;
 mod metrics;
 mod modes;
 mod openapi;
+mod sessions;
 mod stats;

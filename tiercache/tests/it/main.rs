@@ -12,6 +12,7 @@ mod acl;
 mod chaos;
 mod cluster;
 mod coalescing;
+mod encryption;
 mod faults;
 mod invalidation;
 mod local;
