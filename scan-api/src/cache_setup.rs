@@ -109,21 +109,8 @@ impl Plan {
         default_url: &str,
     ) -> Result<Self, SetupError> {
         let capacity = common.cache_local_capacity;
-        // An empty REDIS_URL (`REDIS_URL=` in a file of settings) counts as unset.
-        let named = common
-            .redis_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty());
-        let cluster_urls: Vec<String> = common
-            .redis_cluster_urls
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let named = common.named_redis_url();
+        let cluster_urls = common.cluster_urls();
         if named.is_some() && !cluster_urls.is_empty() {
             return Err(SetupError::TwoRedis);
         }

@@ -98,6 +98,28 @@ pub struct Common {
     pub cache_enabled: bool,
 }
 
+impl Common {
+    /// `REDIS_URL` as given, an empty one (`REDIS_URL=` in a file of settings) counting as unset.
+    pub fn named_redis_url(&self) -> Option<&str> {
+        self.redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The seed nodes of `REDIS_CLUSTER_URLS` (none when it is unset or empty).
+    pub fn cluster_urls(&self) -> Vec<String> {
+        self.redis_cluster_urls
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// `CACHE_MODE`: how the cache stores values (see `cache_setup` for how each is resolved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheMode {

@@ -213,20 +213,8 @@ pub enum CliError {
 /// Runs `scan-api cache …`. `redis_url_flag`: whether `--redis-url` was on the command line
 /// (rather than `REDIS_URL` in the environment, which `--url` overrides).
 pub async fn run(args: CacheArgs, common: &Common, redis_url_flag: bool) -> Result<(), CliError> {
-    let redis_url = common
-        .redis_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty());
-    let cluster: Vec<String> = common
-        .redis_cluster_urls
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let redis_url = common.named_redis_url();
+    let cluster = common.cluster_urls();
     let target = match (&args.url, redis_url) {
         (Some(_), Some(_)) if redis_url_flag => return Err(CliError::TwoTargets),
         (Some(url), _) => Target::Api(AdminApi::new(url, args.token.clone())?),

@@ -92,12 +92,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn rediss_with_a_private_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = make_certificates(dir.path());
+/// A redis-server with TLS on a port of its own, with the certificates `make_certificates` put
+/// in `dir`; `auth_clients`: `yes` requires client certificates. Returns the server and its
+/// `rediss://` URL.
+fn tls_server(dir: &std::path::Path, auth_clients: &str) -> (RedisServer, String) {
     let tls_port = free_port().to_string();
-    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let server = RedisServer::start_with_args(&[
         "--tls-port",
         &tls_port,
@@ -108,9 +108,16 @@ async fn rediss_with_a_private_ca() {
         "--tls-ca-cert-file",
         &path("ca.crt"),
         "--tls-auth-clients",
-        "no",
+        auth_clients,
     ]);
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    (server, format!("rediss://127.0.0.1:{tls_port}/"))
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certificates(dir.path());
+    let (server, url) = tls_server(dir.path(), "no");
 
     let cache = builder(&server)
         .url(url.clone())
@@ -207,21 +214,7 @@ async fn mutual_tls_requires_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_certificates(dir.path());
     let (cert, key) = make_client_certificate(dir.path());
-    let tls_port = free_port().to_string();
-    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
-    let server = RedisServer::start_with_args(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "yes",
-    ]);
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let (server, url) = tls_server(dir.path(), "yes");
 
     let cache = builder(&server)
         .url(url.clone())
