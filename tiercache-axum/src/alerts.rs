@@ -24,6 +24,7 @@
 //! over the exported metrics, for a Prometheus that watches many instances.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -223,6 +224,8 @@ struct Shared {
     /// Written by the evaluator once per interval, read by health checks. A std lock: held to
     /// copy a few entries, never across an `.await`.
     active: Arc<Mutex<BTreeMap<&'static str, ActiveAlert>>>,
+    /// Evaluations completed, so that a caller can wait for the next one.
+    evaluations: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -237,10 +240,26 @@ impl Alerts {
     pub fn spawn(cache: Cache, config: AlertConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let active = Arc::new(Mutex::new(BTreeMap::new()));
-        let task = tokio::spawn(evaluate_forever(cache, config, active.clone()));
+        let evaluations = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(evaluate_forever(
+            cache,
+            config,
+            active.clone(),
+            evaluations.clone(),
+        ));
         Ok(Self {
-            shared: Arc::new(Shared { active, task }),
+            shared: Arc::new(Shared {
+                active,
+                evaluations,
+                task,
+            }),
         })
+    }
+
+    /// How many evaluations have completed (for a caller that waits for the next one, such as a
+    /// test that checks an alert did *not* start).
+    pub fn evaluations(&self) -> u64 {
+        self.shared.evaluations.load(Ordering::Acquire)
     }
 
     /// The alerts active at the last evaluation, by name.
@@ -353,6 +372,7 @@ async fn evaluate_forever(
     cache: Cache,
     config: AlertConfig,
     active: Arc<Mutex<BTreeMap<&'static str, ActiveAlert>>>,
+    evaluations: Arc<AtomicU64>,
 ) {
     let namespace = cache.key_space().label().to_owned();
     let gauges = ALERTS.map(|alert| {
@@ -419,6 +439,8 @@ async fn evaluate_forever(
                 (None, None) => {}
             }
         }
+        drop(active);
+        evaluations.fetch_add(1, Ordering::Release);
     }
 }
 

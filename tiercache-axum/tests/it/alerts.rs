@@ -28,7 +28,7 @@ struct Watched {
     server: TestServer,
     handle: metrics::PrometheusHandle,
     namespace: String,
-    _alerts: Alerts,
+    alerts: Alerts,
 }
 
 fn quick() -> AlertConfig {
@@ -61,7 +61,7 @@ async fn watched(
         namespace: format!("dev:{namespace}"),
         cache,
         handle,
-        _alerts: alerts,
+        alerts,
     }
 }
 
@@ -180,6 +180,12 @@ async fn hit_ratio_low_once_the_window_saw_enough_reads_mostly_missing() {
             None
         );
     }
+    // Two evaluations after the misses (the first may have begun before them): none started.
+    let seen = w.alerts.evaluations();
+    wait_until(PATIENCE, "two more evaluations", || async {
+        w.alerts.evaluations() >= seen + 2
+    })
+    .await;
     assert!(w.alert_names().await.is_empty());
     for i in 19..30 {
         assert_eq!(
