@@ -48,15 +48,7 @@ async fn scan_api_runs_on_a_redis_cluster() {
         "/api/vulnerabilities",
         "/api/images",
     ];
-    for p in views {
-        let a = app.get(p).await;
-        assert_eq!(
-            (a.status.as_u16(), a.x_cache.as_deref()),
-            (200, Some("MISS")),
-            "{p}"
-        );
-        assert_eq!(app.get(p).await.x_cache.as_deref(), Some("HIT"), "{p}");
-    }
+    app.assert_miss_then_hit(&views).await;
     let queries = app.store.queries();
     for p in views {
         assert_eq!(app.get(p).await.x_cache.as_deref(), Some("HIT"), "{p}");

@@ -183,6 +183,19 @@ impl Answer {
 }
 
 impl TestApp {
+    /// Reads each of `views` twice, asserting a 200 `MISS` then a `HIT`.
+    pub(crate) async fn assert_miss_then_hit(&self, views: &[&str]) {
+        for p in views {
+            let a = self.get(p).await;
+            assert_eq!(
+                (a.status.as_u16(), a.x_cache.as_deref()),
+                (200, Some("MISS")),
+                "{p}"
+            );
+            assert_eq!(self.get(p).await.x_cache.as_deref(), Some("HIT"), "{p}");
+        }
+    }
+
     pub(crate) async fn request(
         &self,
         method: Method,

@@ -70,15 +70,7 @@ async fn standalone_caches_and_sees_its_own_writes() {
         "/api/images",
         "/api/insights",
     ];
-    for p in views {
-        let a = app.get(p).await;
-        assert_eq!(
-            (a.status.as_u16(), a.x_cache.as_deref()),
-            (200, Some("MISS")),
-            "{p}"
-        );
-        assert_eq!(app.get(p).await.x_cache.as_deref(), Some("HIT"), "{p}");
-    }
+    app.assert_miss_then_hit(&views).await;
     let queries = app.store.queries();
     for p in views {
         app.get(p).await;
