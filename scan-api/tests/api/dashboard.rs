@@ -382,6 +382,12 @@ async fn lists_the_active_alerts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(scan_api::run(listener, router, std::future::pending()));
+    // The window starts at the first evaluation: the miss below must come after it, or the
+    // window would see hits only and its ratio would never fall below 1.
+    wait_until(Duration::from_secs(10), "the window's first sample", || async {
+        alerts.evaluations() >= 1
+    })
+    .await;
     wait_until(Duration::from_secs(10), "both alerts", || async {
         // A miss and a hit, until the evaluator has seen them.
         app.get("/api/images").await;
