@@ -14,6 +14,9 @@
 //!   (start, stop, restart, pause, resume) and a minimal RESP client for checks.
 //! - `redis_cluster`: [`RedisCluster`], three masters and three replicas (each a
 //!   [`RedisServer`]) joined with `redis-cli --cluster create`, with roles and `failover`.
+//! - `fault`: [`Fault`], the faults a cache must ride through (a killed, paused or sleeping
+//!   Redis, killed connections, OOM, a user switched off, flushes, network faults), made by
+//!   name, for the fault matrix and the chaos soak.
 //! - `fault_proxy`: [`FaultProxy`], a TCP proxy that makes network faults: added latency, a
 //!   black hole (for open connections only, or for all), resets, refusals.
 //! - `logs`: [`init_test_logs`], test logging that stays silent unless `TEST_LOG` is set.
@@ -58,6 +61,7 @@
 
 pub mod capture;
 pub mod exposition;
+mod fault;
 mod fault_proxy;
 mod logs;
 mod postgres_server;
@@ -66,6 +70,7 @@ mod redis_cluster;
 mod redis_server;
 
 pub use capture::capture;
+pub use fault::Fault;
 pub use fault_proxy::FaultProxy;
 pub use logs::init_test_logs;
 pub use postgres_server::PostgresServer;

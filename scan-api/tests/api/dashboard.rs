@@ -384,9 +384,11 @@ async fn lists_the_active_alerts() {
     let server = tokio::spawn(scan_api::run(listener, router, std::future::pending()));
     // The window starts at the first evaluation: the miss below must come after it, or the
     // window would see hits only and its ratio would never fall below 1.
-    wait_until(Duration::from_secs(10), "the window's first sample", || async {
-        alerts.evaluations() >= 1
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the window's first sample",
+        || async { alerts.evaluations() >= 1 },
+    )
     .await;
     wait_until(Duration::from_secs(10), "both alerts", || async {
         // A miss and a hit, until the evaluator has seen them.

@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tiercache::DEFAULT_LOCAL_LEASE;
-use tiercache_testkit::{FaultProxy, RedisServer};
+use tiercache_testkit::{Fault, FaultProxy, RedisServer};
 
 use crate::helpers::{ADMIN_TOKEN, Db, TestApp, TestEnv, report, wait_until};
 
@@ -203,29 +203,9 @@ async fn first_hits(rig: &Rig, label: &str) -> Duration {
     started.elapsed()
 }
 
-/// Runs as the `default` user; panics on an error reply.
-fn admin(server: &RedisServer, args: &[&str]) -> String {
-    let reply = server
-        .command_with_timeout(args, Duration::from_secs(5))
-        .unwrap();
-    assert!(!reply.starts_with('-'), "{args:?}: {reply}");
-    reply
-}
-
-/// The ids of the connections `svc` has open; `subscribers` picks the pub/sub ones.
-fn svc_connections(server: &RedisServer, subscribers: bool) -> Vec<String> {
-    let list = admin(server, &["CLIENT", "LIST"]);
-    list.lines()
-        .filter(|l| l.contains(&format!(" user={USER} ")))
-        .filter(|l| l.contains(" flags=P ") == subscribers)
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// `calls=N` of `command` in `INFO commandstats`, 0 if never called.
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let info = admin(server, &["INFO", "commandstats"]);
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
     let needle = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&needle))
@@ -234,153 +214,19 @@ fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    Kill9,
-    Sigstop,
-    ClientPause,
-    DebugSleep,
-    KillCommandConnection,
-    KillSubscriber,
-    MaxmemoryOom,
-    AclOffOn,
-    Flushall,
-    ScriptFlush,
-    Latency200ms,
-    BlackHole,
-    Partition,
-    Reset,
-    Refuse,
-}
-
-impl Fault {
-    const ALL: [Fault; 15] = [
-        Fault::Kill9,
-        Fault::Sigstop,
-        Fault::ClientPause,
-        Fault::DebugSleep,
-        Fault::KillCommandConnection,
-        Fault::KillSubscriber,
-        Fault::MaxmemoryOom,
-        Fault::AclOffOn,
-        Fault::Flushall,
-        Fault::ScriptFlush,
-        Fault::Latency200ms,
-        Fault::BlackHole,
-        Fault::Partition,
-        Fault::Reset,
-        Fault::Refuse,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Fault::Kill9 => "kill -9, restart",
-            Fault::Sigstop => "SIGSTOP 1 s",
-            Fault::ClientPause => "CLIENT PAUSE 1 s",
-            Fault::DebugSleep => "DEBUG SLEEP 1",
-            Fault::KillCommandConnection => "CLIENT KILL (commands)",
-            Fault::KillSubscriber => "CLIENT KILL (subscriber)",
-            Fault::MaxmemoryOom => "maxmemory OOM 1 s",
-            Fault::AclOffOn => "ACL user off 1 s, on",
-            Fault::Flushall => "FLUSHALL",
-            Fault::ScriptFlush => "SCRIPT FLUSH",
-            Fault::Latency200ms => "+200 ms latency 1 s",
-            Fault::BlackHole => "black hole 1 s",
-            Fault::Partition => "partition 1 s, connections lost",
-            Fault::Reset => "resets 1 s",
-            Fault::Refuse => "refused 1 s",
-        }
-    }
-
-    /// Makes the fault and returns once it has ended; returns when it ended.
-    async fn run(self, server: &mut RedisServer, proxy: &FaultProxy) -> Instant {
-        match self {
-            Fault::Kill9 => {
-                server.kill();
-                tokio::time::sleep(FAULT_TIME).await;
-                server.restart();
-            }
-            Fault::Sigstop => {
-                server.pause();
-                tokio::time::sleep(FAULT_TIME).await;
-                server.resume();
-            }
-            Fault::ClientPause => {
-                admin(server, &["CLIENT", "PAUSE", "1000", "ALL"]);
-                // Answered once the pause is over.
-                let server = &*server;
-                tokio::task::block_in_place(|| admin(server, &["PING"]));
-            }
-            Fault::DebugSleep => {
-                let server = &*server;
-                tokio::task::block_in_place(|| admin(server, &["DEBUG", "SLEEP", "1"]));
-            }
-            Fault::KillCommandConnection => {
-                for id in svc_connections(server, false) {
-                    admin(server, &["CLIENT", "KILL", "ID", &id]);
-                }
-            }
-            Fault::KillSubscriber => {
-                let subscribers = svc_connections(server, true);
-                assert!(!subscribers.is_empty(), "the instances subscribe");
-                for id in subscribers {
-                    admin(server, &["CLIENT", "KILL", "ID", &id]);
-                }
-            }
-            Fault::MaxmemoryOom => {
-                admin(server, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-                admin(server, &["CONFIG", "SET", "maxmemory", "1"]);
-                tokio::time::sleep(FAULT_TIME).await;
-                admin(server, &["CONFIG", "SET", "maxmemory", "0"]);
-            }
-            Fault::AclOffOn => {
-                admin(server, &["ACL", "SETUSER", USER, "off"]);
-                admin(server, &["CLIENT", "KILL", "USER", USER]);
-                tokio::time::sleep(FAULT_TIME).await;
-                admin(server, &["ACL", "SETUSER", USER, "on"]);
-            }
-            Fault::Flushall => {
-                admin(server, &["FLUSHALL"]);
-            }
-            Fault::ScriptFlush => {
-                admin(server, &["SCRIPT", "FLUSH"]);
-            }
-            Fault::Latency200ms => {
-                proxy.add_latency(Duration::from_millis(200));
-                tokio::time::sleep(FAULT_TIME).await;
-                proxy.heal();
-            }
-            Fault::BlackHole => {
-                proxy.blackhole();
-                tokio::time::sleep(FAULT_TIME).await;
-                proxy.heal();
-            }
-            Fault::Partition => {
-                // Open connections never carry a byte again (their state was lost on the
-                // way, as behind a restarted NAT or load balancer); new ones work after it.
-                proxy.blackhole_existing();
-                proxy.blackhole();
-                tokio::time::sleep(FAULT_TIME).await;
-                proxy.heal();
-            }
-            Fault::Reset => {
-                proxy.reset();
-                tokio::time::sleep(FAULT_TIME).await;
-                proxy.heal();
-            }
-            Fault::Refuse => {
-                proxy.refuse();
-                tokio::time::sleep(FAULT_TIME).await;
-                proxy.heal();
-            }
-        }
-        Instant::now()
+/// The fault's row label: its name, and how long it held.
+fn label(fault: Fault) -> String {
+    if fault.lasts() {
+        format!("{} {} s", fault.name(), FAULT_TIME.as_secs_f64())
+    } else {
+        fault.name().to_owned()
     }
 }
 
 /// One row of the table.
 struct Row {
-    fault: &'static str,
+    fault: Fault,
+    label: String,
     made: u64,
     failed: u64,
     worst_added: Duration,
@@ -390,6 +236,20 @@ struct Row {
     /// Redis refused (`OOM`: failed writes, not errors), on both instances: shows that the
     /// fault reached the cache.
     redis_failures: u64,
+}
+
+/// Subscriber connections the instances' tiers have lost so far.
+async fn channel_losses(rig: &Rig) -> u64 {
+    let mut n = 0;
+    for app in &rig.apps {
+        n += app
+            .cache
+            .stats_without_keys()
+            .await
+            .local
+            .map_or(0, |l| l.channel_losses);
+    }
+    n
 }
 
 /// Redis calls that failed, timed out or were skipped, and writes refused, on both instances,
@@ -458,13 +318,16 @@ async fn every_fault_in_turn_two_instances_under_load() {
     for fault in Fault::ALL {
         let failures_before = redis_failures(&rig).await;
         let loads_before = command_calls(&env.redis, "script|load");
+        let losses_before = channel_losses(&rig).await;
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
         let load = start_load(&rig, &tally, &stop);
         // Some healthy load first, so that the fault meets warm caches and writes in flight.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let ended = fault.run(&mut env.redis, &proxy).await;
-        first_hits(&rig, fault.label()).await;
+        let (redis, proxy) = (&mut env.redis, &proxy);
+        tokio::task::block_in_place(|| fault.inject(redis, proxy, USER, FAULT_TIME));
+        let ended = Instant::now();
+        first_hits(&rig, &label(fault)).await;
         let first_hit = ended.elapsed();
         // The load goes on a little after recovery: stale reads would show there.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -474,7 +337,8 @@ async fn every_fault_in_turn_two_instances_under_load() {
         }
         let worst = Duration::from_micros(tally.worst_us.load(SeqCst));
         let row = Row {
-            fault: fault.label(),
+            fault,
+            label: label(fault),
             made: tally.made.load(SeqCst),
             failed: tally.failed.load(SeqCst),
             worst_added: worst.saturating_sub(median),
@@ -485,17 +349,21 @@ async fn every_fault_in_turn_two_instances_under_load() {
         let checked = tally.checked.load(SeqCst);
         eprintln!(
             "{:<26} made {:>4}  not 2xx {:>2}  worst added {:>7.1?}  stale {:>2} of {checked:>3} checked  first hit after {:>7.1?}",
-            row.fault, row.made, row.failed, row.worst_added, row.stale, row.first_hit
+            row.label, row.made, row.failed, row.worst_added, row.stale, row.first_hit
         );
         assert!(
             checked > 0,
             "{}: no read was checked for staleness",
-            row.fault
+            row.label
         );
         // Each fault reached the cache: its calls failed, or (for the faults a cache rides
         // through without a failed call) it did what the fault requires.
         match fault {
-            Fault::KillSubscriber | Fault::Flushall => {}
+            Fault::Flushall => {}
+            Fault::KillSubscriber => assert!(
+                channel_losses(&rig).await >= losses_before + 2,
+                "both tiers noticed that their subscriber was killed"
+            ),
             Fault::ScriptFlush => assert!(
                 command_calls(&env.redis, "script|load") > loads_before,
                 "the scripts are loaded again after SCRIPT FLUSH"
@@ -503,14 +371,14 @@ async fn every_fault_in_turn_two_instances_under_load() {
             _ => assert!(
                 row.redis_failures > 0,
                 "{}: no Redis call failed",
-                row.fault
+                row.label
             ),
         }
         let failures = tally
             .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        assert!(failures.is_empty(), "{}: {failures:?}", row.fault);
+        assert!(failures.is_empty(), "{}: {failures:?}", row.label);
         drop(failures);
         rows.push(row);
     }
@@ -522,7 +390,7 @@ async fn every_fault_in_turn_two_instances_under_load() {
     for r in &rows {
         println!(
             "| {} | {} | {} | {} ms | {} | {} ms | {} |",
-            r.fault,
+            r.label,
             r.made,
             r.failed,
             r.worst_added.as_millis(),
@@ -534,9 +402,9 @@ async fn every_fault_in_turn_two_instances_under_load() {
     println!("(healthy median {median:?}; op timeout {OP_TIMEOUT:?}; Δ {DELTA:?})\n");
     let bound = OP_TIMEOUT * CALLS_PER_REQUEST + SLACK;
     for r in &rows {
-        assert_eq!(r.failed, 0, "{}: requests failed", r.fault);
-        assert_eq!(r.stale, 0, "{}: stale reads beyond Δ", r.fault);
-        let recovery = if r.fault == Fault::Partition.label() {
+        assert_eq!(r.failed, 0, "{}: requests failed", r.label);
+        assert_eq!(r.stale, 0, "{}: stale reads beyond Δ", r.label);
+        let recovery = if r.fault == Fault::Partition {
             PARTITION_RECOVERY
         } else {
             Duration::from_secs(1)
@@ -544,13 +412,13 @@ async fn every_fault_in_turn_two_instances_under_load() {
         assert!(
             r.first_hit <= recovery,
             "{}: first hit {:?} after the fault ended",
-            r.fault,
+            r.label,
             r.first_hit
         );
         assert!(
             r.worst_added <= bound,
             "{}: a request took {:?} more than the healthy median, over {bound:?}",
-            r.fault,
+            r.label,
             r.worst_added
         );
     }
