@@ -17,44 +17,46 @@
 //!   cluster, in three stages that keep every order `remote` relies on: (1) the first command
 //!   (with any later command of its slot), (2) the other commands, grouped per slot into one
 //!   sub-pipeline each (commands of one slot keep their order), all slots at once, and (3)
-//!   commands without a key (`PUBLISH` of a notice), after everything else succeeded — so no
+//!   the notice (`SPUBLISH`), after everything else succeeded — so no
 //!   instance hears of a change before it is applied, as on one server. Stage 1 first matters
 //!   for a fill: the fill's lease check and store must precede the read-back of its tags'
 //!   versions. A multi-key command (`MGET`, `UNLINK` of several keys) is sent on its own and
 //!   split per slot by redis-rs. On one server a pipeline is sent as it is.
 //! - **Scans.** A cluster's keys are spread over its masters, so `SCAN` runs against each master
 //!   in turn ([`Connection::masters`], [`Connection::query_at`]).
-//! - **The invalidation channel.** A cluster routes `PUBLISH` by the channel name's slot, so the
-//!   channels of a namespace carry one hash tag (see `bus`) and every notice and heartbeat goes to
-//!   one master; the subscriber connects to that very master ([`Connection::master_of`]), which
-//!   delivers them in the order it ran them, as one server does. See `bus` for what happens when
-//!   that master fails over or dies.
+//! - **The invalidation channel.** Sharded pub/sub (Redis 7): notices and heartbeats go out with
+//!   `SPUBLISH`, routed by the channel name's slot, and the channels of a namespace carry one hash
+//!   tag (see `bus`), so one shard carries them all; the subscriber (`SSUBSCRIBE`, on a RESP3
+//!   cluster connection of its own: [`Connector::subscribe`]) is served by that shard's master,
+//!   which delivers them in the order it ran them, as one server does. Unlike a `PUBLISH`, which
+//!   a cluster broadcasts to every node over its bus, an `SPUBLISH` stays within the shard. See
+//!   `bus` for what happens when that master fails over or dies.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use futures_util::stream::{BoxStream, StreamExt};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
-use redis::{Client, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Client, Cmd, Pipeline, PushKind, RedisFuture, RedisResult, Value};
 
 /// What a [`Connection`] (and the subscriber's connection) is built from, kept so that recovery
 /// can build a fresh one.
 pub(crate) enum Connector {
     /// One server.
     Single {
-        client: Client,
+        /// Boxed, as the cluster's clients are: the enum stays small.
+        client: Box<Client>,
         manager_config: ConnectionManagerConfig,
     },
     /// A cluster, from its seed nodes. Boxed: the cluster client is much larger than the rest.
     Cluster {
         cluster: Box<ClusterClient>,
-        /// The first seed: the credentials and TLS settings for the subscriber's node.
-        info: ConnectionInfo,
-        #[cfg(feature = "tls")]
-        tls: Option<redis::TlsCertificates>,
+        /// The same seeds and settings, speaking RESP3, for the sharded subscriber.
+        subscriber: Box<ClusterClient>,
     },
 }
 
@@ -75,7 +77,7 @@ impl Connector {
                 client,
                 manager_config,
             } => Connection::Single(ConnectionManager::new_lazy_with_config(
-                client.clone(),
+                Client::clone(client),
                 manager_config.clone(),
             )?),
             Self::Cluster { cluster, .. } => Connection::Cluster(
@@ -84,39 +86,69 @@ impl Connector {
         })
     }
 
-    /// A dedicated pub/sub connection for `channels`: to the one server, or to the cluster
-    /// master that serves the channels' slot (found through `conn`; see the module docs).
-    pub(crate) async fn pubsub(
-        &self,
-        mut conn: Connection,
-        channels: &[&str],
-    ) -> RedisResult<PubSub> {
+    /// A dedicated subscription to `channels`, as a stream of (channel, payload) that ends when
+    /// the subscription is lost. On one server, a pub/sub connection (`SUBSCRIBE`). On a cluster,
+    /// sharded pub/sub (`SSUBSCRIBE`, Redis 7): the channels share one hash tag, so one shard
+    /// carries them, and the subscription goes to that shard's master, which delivers in the
+    /// order it ran the `SPUBLISH`es. redis-rs would resubscribe by itself after a disconnection
+    /// or a failover, but a notice published meanwhile is lost, so the stream ends at the first
+    /// disconnection or server-side `SUNSUBSCRIBE` (a slot that moved) and `bus` treats it as
+    /// any lost subscription.
+    pub(crate) async fn subscribe(&self, channels: &[&str]) -> RedisResult<Subscription> {
         match self {
-            Self::Single { client, .. } => client.get_async_pubsub().await,
-            Self::Cluster {
-                info,
-                #[cfg(feature = "tls")]
-                tls,
-                ..
-            } => {
-                let node = conn
-                    .master_of(channels.first().copied().unwrap_or_default())
-                    .await?
-                    .ok_or_else(|| {
-                        redis::RedisError::from((redis::ErrorKind::Client, "not a cluster"))
-                    })?;
-                let info = at_node(info, &node)?;
-                #[cfg(feature = "tls")]
-                let client = match tls {
-                    Some(certs) => Client::build_with_tls(info, certs.clone())?,
-                    None => Client::open(info)?,
-                };
-                #[cfg(not(feature = "tls"))]
-                let client = Client::open(info)?;
-                client.get_async_pubsub().await
+            Self::Single { client, .. } => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                for channel in channels {
+                    pubsub.subscribe(*channel).await?;
+                }
+                Ok(pubsub
+                    .into_on_message()
+                    .map(|msg| {
+                        (
+                            msg.get_channel_name().to_owned(),
+                            msg.get_payload_bytes().to_vec(),
+                        )
+                    })
+                    .boxed())
+            }
+            Self::Cluster { subscriber, .. } => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut conn = subscriber
+                    .get_async_connection_with_config(ClusterConfig::new().set_push_sender(tx))
+                    .await?;
+                conn.ssubscribe(channels).await?;
+                // The connection lives as long as the stream: dropping it ends the subscription.
+                Ok(
+                    futures_util::stream::unfold((rx, conn), |(mut rx, conn)| async move {
+                        loop {
+                            let push = rx.recv().await?;
+                            match push.kind {
+                                PushKind::SMessage => {
+                                    if let Some(message) = sharded_message(push.data) {
+                                        return Some((message, (rx, conn)));
+                                    }
+                                }
+                                PushKind::Disconnection | PushKind::SUnsubscribe => return None,
+                                _ => {}
+                            }
+                        }
+                    })
+                    .boxed(),
+                )
             }
         }
     }
+}
+
+/// A subscription's messages: (channel, payload).
+pub(crate) type Subscription = BoxStream<'static, (String, Vec<u8>)>;
+
+/// The (channel, payload) of an `smessage` push, `[channel, payload]`.
+fn sharded_message(data: Vec<Value>) -> Option<(String, Vec<u8>)> {
+    let mut data = data.into_iter();
+    let channel: String = redis::from_redis_value(data.next()?).ok()?;
+    let payload: Vec<u8> = redis::from_redis_value(data.next()?).ok()?;
+    Some((channel, payload))
 }
 
 /// One server's connection manager, or a cluster's connection.
@@ -281,24 +313,6 @@ impl Connection {
         Ok(masters)
     }
 
-    /// The master that serves `key`'s slot now; `None` on one server.
-    pub(crate) async fn master_of(&mut self, key: &str) -> RedisResult<Option<Node>> {
-        if !self.is_cluster() {
-            return Ok(None);
-        }
-        let slot = slot_number(key.as_bytes());
-        let slots = self.slots().await?;
-        for (range, node) in slots {
-            if (range.0..=range.1).contains(&slot) {
-                return Ok(Some(node));
-            }
-        }
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "no master serves the invalidation channel's slot",
-        )))
-    }
-
     /// `CLUSTER SLOTS`: each slot range and the master that serves it.
     async fn slots(&mut self) -> RedisResult<Vec<((u16, u16), Node)>> {
         let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(self).await?;
@@ -334,15 +348,6 @@ fn lane(cmd: &Cmd) -> Lane {
         Some(key) => Lane::Slot(Slot::for_key(key)),
         None => Lane::Alone,
     }
-}
-
-/// The number of `key`'s slot (`CLUSTER KEYSLOT`). `Slot` hides its number, so it is found by
-/// comparison: 16,384 cheap steps, once per subscription (pipelines group by `Slot` itself).
-fn slot_number(key: &[u8]) -> u16 {
-    let slot = Slot::for_key(key);
-    (0..16384u16)
-        .find(|n| Slot::new(*n) == Some(slot))
-        .unwrap_or(0)
 }
 
 /// The indices of the commands in `lane`, in order.
@@ -410,26 +415,6 @@ fn parse_slots(reply: Value) -> RedisResult<Vec<((u16, u16), Node)>> {
     Ok(out)
 }
 
-/// `info` with its address replaced by `node`'s (same credentials and settings): how the
-/// subscriber reaches one cluster node.
-pub(crate) fn at_node(info: &ConnectionInfo, node: &Node) -> RedisResult<ConnectionInfo> {
-    let addr = match info.addr() {
-        redis::ConnectionAddr::Tcp(_, _) => {
-            redis::ConnectionAddr::Tcp(node.host.clone(), node.port)
-        }
-        other => {
-            // TLS and the rest: keep the scheme, change host and port.
-            let mut url = format!("redis://{}:{}", node.host, node.port);
-            if matches!(other, redis::ConnectionAddr::TcpTls { .. }) {
-                url = format!("rediss://{}:{}", node.host, node.port);
-            }
-            let parsed: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)?;
-            parsed.addr().clone()
-        }
-    };
-    Ok(info.clone().set_addr(addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,12 +473,5 @@ mod tests {
         );
         assert_eq!(slots[1].1.port, 7001);
         assert!(parse_slots(Value::Nil).is_err());
-    }
-
-    #[test]
-    fn slot_numbers_are_redis_keyslots() {
-        // `CLUSTER KEYSLOT foo` = 12182, `{user1000}.following` = 3443 (from the spec).
-        assert_eq!(slot_number(b"foo"), 12182);
-        assert_eq!(slot_number(b"{user1000}.following"), 3443);
     }
 }

@@ -32,7 +32,7 @@ use redis::{Client, ConnectionInfo, RedisResult, Value};
 
 use crate::breaker::Breaker;
 use crate::codec::LEASE_BYTE;
-use crate::connection::{Connection, Connector, Node};
+use crate::connection::{Connection, Connector, Node, Subscription};
 use crate::error::{Error, Result};
 use crate::key::Pattern;
 use crate::log_limiter::LogLimiter;
@@ -209,31 +209,38 @@ impl Remote {
                 .set_min_delay(Duration::from_millis(10))
                 .set_max_delay(Duration::from_millis(100));
             Connector::Single {
-                client,
+                client: Box::new(client),
                 manager_config,
             }
         } else {
-            let builder = ClusterClient::builder(config.cluster.clone())
-                .connection_timeout(config.connect_timeout)
-                // As for one server: our operation timeout bounds every call, and a few quick
-                // retries (a MOVED after a failover is one) fit in it; the defaults (16
-                // retries, waits from 1.28 s) would hold a call for seconds.
-                .retries(2)
-                .min_retry_wait(5)
-                .max_retry_wait(50);
-            #[cfg(feature = "tls")]
-            let builder = match &config.tls {
-                Some(certs) => builder.certs(certs.clone()),
-                None => builder,
+            let builder = || {
+                let builder = ClusterClient::builder(config.cluster.clone())
+                    .connection_timeout(config.connect_timeout)
+                    // As for one server: our operation timeout bounds every call, and a few
+                    // quick retries (a MOVED after a failover is one) fit in it; the defaults
+                    // (16 retries, waits from 1.28 s) would hold a call for seconds.
+                    .retries(2)
+                    .min_retry_wait(5)
+                    .max_retry_wait(50);
+                #[cfg(feature = "tls")]
+                let builder = match &config.tls {
+                    Some(certs) => builder.certs(certs.clone()),
+                    None => builder,
+                };
+                builder
             };
-            let cluster = builder
+            let cluster = builder()
+                .build()
+                .map_err(|e| Error::config("cluster_urls", e.to_string()))?;
+            // Sharded pub/sub needs RESP3 (its messages are pushes); the commands keep RESP2,
+            // whose replies `remote` parses.
+            let subscriber = builder()
+                .use_protocol(redis::ProtocolVersion::RESP3)
                 .build()
                 .map_err(|e| Error::config("cluster_urls", e.to_string()))?;
             Connector::Cluster {
                 cluster: Box::new(cluster),
-                info: config.info.clone(),
-                #[cfg(feature = "tls")]
-                tls: config.tls.clone(),
+                subscriber: Box::new(subscriber),
             }
         };
         let conn = connector
@@ -568,7 +575,7 @@ impl Remote {
     ) -> Result<u64> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors().cmd("UNLINK").arg(keys);
-        with_notice(&mut pipe, notice);
+        self.with_notice(&mut pipe, notice);
         let replies = self.pipeline("UNLINK", via, &pipe).await?;
         self.refused("UNLINK", &replies)?;
         redis::from_redis_value(replies.into_iter().next().unwrap_or(Value::Nil))
@@ -586,7 +593,7 @@ impl Remote {
     ) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors().cmd("UNLINK").arg(tag_keys);
-        with_notice(&mut pipe, notice);
+        self.with_notice(&mut pipe, notice);
         let replies = self.pipeline("UNLINK (tags)", via, &pipe).await?;
         self.refused("UNLINK (tags)", &replies)
     }
@@ -608,15 +615,16 @@ impl Remote {
                 .arg("PX")
                 .arg(millis(*ttl));
         }
-        with_notice(&mut pipe, notice);
+        self.with_notice(&mut pipe, notice);
         let replies = self.pipeline("SET", via, &pipe).await?;
         self.refused("SET", &replies)
     }
 
-    /// `PUBLISH channel payload`.
+    /// `PUBLISH channel payload` (`SPUBLISH` on a cluster).
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8], via: Via) -> Result<()> {
-        self.call("PUBLISH", via, |mut c| async move {
-            redis::cmd("PUBLISH")
+        let command = self.publish_command();
+        self.call(command, via, |mut c| async move {
+            redis::cmd(command)
                 .arg(channel)
                 .arg(payload)
                 .exec_async(&mut c)
@@ -625,34 +633,38 @@ impl Remote {
         .await
     }
 
+    /// How a notice is published: `PUBLISH` on one server; on a cluster `SPUBLISH` (sharded
+    /// pub/sub, Redis 7), which only the channel's shard carries, where a `PUBLISH` would be
+    /// broadcast over the cluster bus to every node.
+    fn publish_command(&self) -> &'static str {
+        match self.layout() {
+            crate::bus::Layout::Single => "PUBLISH",
+            crate::bus::Layout::Cluster => "SPUBLISH",
+        }
+    }
+
+    /// `notice`'s publication, at the end of `pipe`.
+    fn with_notice(&self, pipe: &mut redis::Pipeline, notice: Option<Notice<'_>>) {
+        if let Some(n) = notice {
+            pipe.cmd(self.publish_command())
+                .arg(n.channel)
+                .arg(n.payload);
+        }
+    }
+
     /// A dedicated connection subscribed to `channels`, as a stream of (channel, payload). The
     /// stream ends when the connection is lost. Bounded by the connect timeout.
-    pub(crate) async fn subscribe(
-        &self,
-        channels: &[&str],
-    ) -> Result<impl futures_util::Stream<Item = (String, Vec<u8>)> + Send + 'static + use<>> {
-        let conn = Connection::clone(&self.conn.load());
-        let connector = &self.connector;
-        let connect = async move {
-            let mut pubsub = connector.pubsub(conn, channels).await?;
-            for channel in channels {
-                pubsub.subscribe(*channel).await?;
-            }
-            RedisResult::Ok(pubsub)
+    pub(crate) async fn subscribe(&self, channels: &[&str]) -> Result<Subscription> {
+        // On a cluster the subscriber's connection first connects to every node it is told of,
+        // each bounded by the connect timeout, a dead one included: give it a few of them.
+        let bound = match self.layout() {
+            crate::bus::Layout::Single => self.connect_timeout,
+            crate::bus::Layout::Cluster => self.connect_timeout * 3,
         };
-        let pubsub = tokio::time::timeout(self.connect_timeout, connect)
+        tokio::time::timeout(bound, self.connector.subscribe(channels))
             .await
-            .map_err(|_| Error::Timeout(self.connect_timeout))?
-            .map_err(Error::Redis)?;
-        Ok(futures_util::StreamExt::map(
-            pubsub.into_on_message(),
-            |msg| {
-                (
-                    msg.get_channel_name().to_owned(),
-                    msg.get_payload_bytes().to_vec(),
-                )
-            },
-        ))
+            .map_err(|_| Error::Timeout(bound))?
+            .map_err(Error::Redis)
     }
 
     /// `command key` (`PTTL`, `STRLEN`) with `GETRANGE key 0 0` in one round trip: its reply,
@@ -936,12 +948,6 @@ fn noted_versions(
 /// Appends `PUBLISH` of the notice, if any, to a change's pipeline: Redis runs it after the
 /// change, so no instance hears of a change before it is applied. Its reply comes last and is
 /// checked with the others (an ignored command's error would be dropped silently).
-fn with_notice(pipe: &mut redis::Pipeline, notice: Option<Notice<'_>>) {
-    if let Some(n) = notice {
-        pipe.cmd("PUBLISH").arg(n.channel).arg(n.payload);
-    }
-}
-
 fn is_noscript(reply: &Value) -> bool {
     matches!(reply, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
 }

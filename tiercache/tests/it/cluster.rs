@@ -276,6 +276,20 @@ async fn writes_reach_the_tiers_of_other_instances_on_a_cluster() {
     let ns = unique_namespace();
     let (a, b) = (tiered(cluster, &ns).await, tiered(cluster, &ns).await);
     let keys = spread_keys(&b, cluster, 6);
+    // Sharded pub/sub: both instances subscribe to the shared channel and each to its own, on
+    // the shard that carries them, and nothing uses the cluster-wide (classic) channels.
+    let channel = format!("{{test:{ns}:}}__invalidations");
+    let master = cluster.node(cluster.master_of(&channel).unwrap());
+    let pattern = format!("{channel}*");
+    let sharded = master
+        .command(&["PUBSUB", "SHARDCHANNELS", &pattern])
+        .unwrap();
+    assert!(sharded.starts_with("*3\r\n"), "{sharded}");
+    assert!(sharded.contains(&format!("{channel}\r\n")), "{sharded}");
+    assert_eq!(
+        master.command(&["PUBSUB", "CHANNELS", &pattern]).unwrap(),
+        "*0\r\n"
+    );
     for key in &keys {
         assert_eq!(b.get_with(key, async { 1u32 }).await, 1);
         silent_set(cluster, key, 2);
