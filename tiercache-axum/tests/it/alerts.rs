@@ -51,6 +51,11 @@ async fn watched(
         .await
         .unwrap();
     let alerts = Alerts::spawn(cache.clone(), config).unwrap();
+    // The window starts at the first evaluation: what a test does before it would not count.
+    wait_until(PATIENCE, "the window's first sample", || async {
+        alerts.evaluations() >= 1
+    })
+    .await;
     let app: Router = Router::new()
         .merge(admin::router(
             Admin::new(cache.clone(), None).alerts(alerts.clone()),
@@ -180,7 +185,8 @@ async fn hit_ratio_low_once_the_window_saw_enough_reads_mostly_missing() {
             None
         );
     }
-    // Two evaluations after the misses (the first may have begun before them): none started.
+    // Two evaluations after the misses (the first may have begun before the last of them): none
+    // started.
     let seen = w.alerts.evaluations();
     wait_until(PATIENCE, "two more evaluations", || async {
         w.alerts.evaluations() >= seen + 2
