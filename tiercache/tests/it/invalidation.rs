@@ -302,7 +302,7 @@ async fn a_caller_after_an_invalidation_elsewhere_never_gets_an_older_load() {
         })
     };
     wait_until(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         "the late caller joins the load",
         || async { b.loads_waiting(&key) >= 1 },
     )
