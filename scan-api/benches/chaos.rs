@@ -22,6 +22,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::cast_precision_loss)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use scan_api::store::Store;
 use scan_api::synth::Generator;
-use scan_api::{AppState, cache_policy, ingest};
+use scan_api::{cache_policy, ingest};
+use support::{encode, serve};
 use tiercache::{Cache, DEFAULT_LOCAL_LEASE};
 use tiercache_testkit::{Fault, FaultProxy, PostgresServer, RedisServer};
 
@@ -216,18 +219,6 @@ fn hot_image(h: usize) -> String {
     format!("chaos/hot-{h}")
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// A small report of `image`, new each time.
 fn report(image: &str, n: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -244,23 +235,6 @@ fn report(image: &str, n: u64) -> Vec<u8> {
         }] }],
     }))
     .unwrap()
-}
-
-async fn serve(store: Store, cache: Cache) -> String {
-    let state = AppState {
-        store,
-        cache,
-        body_limit: 32 << 20,
-        cache_max_body: cache_policy::MAX_RESPONSE_BYTES,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(scan_api::run(
-        listener,
-        scan_api::app(state, None),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
 }
 
 /// One request: `Ok((X-Cache, body))` on 200/201, else what went wrong.

@@ -14,6 +14,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +25,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use scan_api::store::Store;
 use scan_api::synth::Generator;
-use scan_api::{AppState, cache_policy, ingest};
+use scan_api::{cache_policy, ingest};
+use support::{encode, serve};
 use tiercache::Cache;
 use tiercache_testkit::{PostgresServer, RedisServer};
 
@@ -48,35 +51,6 @@ impl Run {
         let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us[i] / 1000.0
     }
-}
-
-async fn serve(store: Store, cache: Cache) -> String {
-    let state = AppState {
-        store,
-        cache,
-        body_limit: 32 << 20,
-        cache_max_body: scan_api::cache_policy::MAX_RESPONSE_BYTES,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(scan_api::run(
-        listener,
-        scan_api::app(state, None),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// `clients` concurrent loops of GET `paths[i % len]` for `secs`, each client on its own
