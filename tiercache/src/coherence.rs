@@ -45,9 +45,10 @@
 //!
 //! # In process: versions per key stripe, per tag stripe, per scope and per session
 //! A [`Ticket`] notes, before a read is sent or a load begins, the version of the key's stripe
-//! (one of 4096), of its tags' stripes, of the pattern scope and of the tier session. Every
-//! change (local, or a notice from another instance) moves the versions it concerns under the
-//! write side of a lock (`gate`), and a fill of the tier checks its ticket under the read side,
+//! (one of 4096), of its tags' stripes (two of 4096 per tag; a tag counts as moved only when both
+//! did, see [`TAG_STRIPES`]), of the pattern scope and of the tier session. Every change (local,
+//! or a notice from another instance) moves the versions it concerns under the write side of a
+//! lock (`gate`), and a fill of the tier checks its ticket under the read side,
 //! so a fill either lands before the move (and the drop that follows removes it) or sees the move
 //! and stores nothing. Fails without it: `local::no_read_after_an_invalidation_sees_an_older_value`
 //! (10 runs of 10). Local changes move the versions both before and after their Redis change: a
@@ -127,8 +128,13 @@ pub const DEFAULT_LOCAL_LEASE: Duration = Duration::from_millis(100);
 /// Stripes of the per-key versions: two keys share one with probability 1/4096, which only
 /// refuses an occasional fill of the tier or splits a coalesced load.
 const KEY_STRIPES: usize = 4096;
-/// Stripes of the per-tag versions.
-const TAG_STRIPES: usize = 1024;
+/// Stripes of the per-tag versions. A tag moves two of them, and a value counts as invalidated
+/// only when *both* of one of its tags' stripes moved (a counting Bloom filter with two hashes):
+/// a tag invalidated always moves both, and another tag's invalidation moves both of an
+/// unrelated tag's stripes with a probability of about (2n / 4096)² for n invalidations during
+/// the value's life, instead of 2n / 4096 with one stripe. A false positive only costs a read
+/// of Redis (or, standalone, of the source).
+const TAG_STRIPES: usize = 4096;
 
 /// After a change fails fast (a connection being replaced), it is sent again this much later,
 /// within the lease.
@@ -195,8 +201,27 @@ impl Versions {
         (self.hasher.hash_one(key) % KEY_STRIPES as u64) as usize
     }
 
-    fn tag_stripe(&self, tag: &Tag) -> u32 {
-        (self.hasher.hash_one(tag.as_str()) % TAG_STRIPES as u64) as u32
+    /// The two stripes of `tag` (distinct).
+    fn tag_stripes(&self, tag: &Tag) -> [u32; 2] {
+        let h = self.hasher.hash_one(tag.as_str());
+        let first = (h % TAG_STRIPES as u64) as u32;
+        let mut second = ((h >> 32) % TAG_STRIPES as u64) as u32;
+        if second == first {
+            second = (first + 1) % TAG_STRIPES as u32;
+        }
+        [first, second]
+    }
+
+    /// The versions of `tag`'s stripes now.
+    fn tag_seen(&self, tag: &Tag) -> TagSeen {
+        self.tag_stripes(tag)
+            .map(|i| (i, self.tags[i as usize].load(SeqCst)))
+    }
+
+    /// Whether the tag seen as `seen` may have been invalidated since: both its stripes moved.
+    fn tag_moved(&self, seen: &TagSeen) -> bool {
+        seen.iter()
+            .all(|&(i, version)| self.tags[i as usize].load(SeqCst) != version)
     }
 
     /// Runs `f` (which moves versions) exclusively of fills.
@@ -213,18 +238,18 @@ pub(crate) struct Ticket {
     key: (usize, u64),
     scope: u64,
     session: u64,
-    tags: Vec<(u32, u64)>,
+    tags: Vec<TagSeen>,
 }
+
+/// A tag's two stripes and their versions when a read began.
+pub(crate) type TagSeen = [(u32, u64); 2];
 
 impl Ticket {
     fn is_current(&self, v: &Versions) -> bool {
         v.keys[self.key.0].load(SeqCst) == self.key.1
             && v.scope.load(SeqCst) == self.scope
             && v.session.load(SeqCst) == self.session
-            && self
-                .tags
-                .iter()
-                .all(|&(i, seen)| v.tags[i as usize].load(SeqCst) == seen)
+            && !self.tags.iter().any(|seen| v.tag_moved(seen))
     }
 
     /// The coalescing name of a load of `key` begun with this ticket: callers after a change of
@@ -232,8 +257,8 @@ impl Ticket {
     pub(crate) fn flight(&self, key: &Key) -> String {
         use std::fmt::Write;
         let mut name = format!("{}.{}.{}", self.key.1, self.scope, self.session);
-        for (_, seen) in &self.tags {
-            let _ = write!(name, ".{seen}");
+        for [(_, first), (_, second)] in &self.tags {
+            let _ = write!(name, ".{first}:{second}");
         }
         name.push('#');
         name.push_str(key.as_str());
@@ -395,14 +420,7 @@ impl Coherence {
             key: (stripe, v.keys[stripe].load(SeqCst)),
             scope: v.scope.load(SeqCst),
             session: v.session.load(SeqCst),
-            tags: key
-                .tags()
-                .iter()
-                .map(|t| {
-                    let i = v.tag_stripe(t);
-                    (i, v.tags[i as usize].load(SeqCst))
-                })
-                .collect(),
+            tags: key.tags().iter().map(|t| v.tag_seen(t)).collect(),
         }
     }
 
@@ -425,9 +443,7 @@ impl Coherence {
             return None;
         }
         if let Some(tags) = &entry.tags
-            && tags
-                .iter()
-                .any(|&(i, seen)| v.tags[i as usize].load(SeqCst) != seen)
+            && tags.iter().any(|seen| v.tag_moved(seen))
         {
             return None;
         }
@@ -663,7 +679,9 @@ impl Coherence {
             }
             Target::Tags(tags) => {
                 for tag in tags {
-                    v.tags[v.tag_stripe(tag) as usize].fetch_add(1, SeqCst);
+                    for i in v.tag_stripes(tag) {
+                        v.tags[i as usize].fetch_add(1, SeqCst);
+                    }
                 }
             }
             Target::Clear => {
@@ -1088,6 +1106,39 @@ mod tests {
         assert_eq!(value(&c, &plain), Some(2), "but drops only what it matches");
         c.invalidate_here(&Change::Invalidate(Target::Clear));
         assert_eq!(value(&c, &plain), None);
+    }
+
+    /// Two tags that share a stripe: invalidating one leaves the other's entries served (its
+    /// second stripe did not move), and a load noted before is still stored; invalidating the
+    /// other reaches them.
+    #[tokio::test]
+    async fn a_tag_sharing_a_stripe_with_an_invalidated_one_stays_served() {
+        let c = coherence(Scope::Standalone);
+        let keys = c.keys().clone();
+        let cat = Category::new("c");
+        let v = &c.versions;
+        let mut candidates = (0..u32::MAX).map(|i| Tag::new("img", [i.to_string()]));
+        let first = candidates.next().unwrap();
+        let [shared, own] = v.tag_stripes(&first);
+        let other = candidates
+            .find(|t| {
+                let stripes = v.tag_stripes(t);
+                stripes.contains(&shared) && !stripes.contains(&own)
+            })
+            .unwrap();
+        let key = keys.key(&cat, ["k"]).with_tags([first.clone()]);
+        let t = c.note(&key);
+        assert!(fill(&c, &key, &t, 1));
+        let early = c.note(&key);
+        c.invalidate_here(&Change::Invalidate(Target::Tags(std::slice::from_ref(
+            &other,
+        ))));
+        assert_eq!(value(&c, &key), Some(1), "one shared stripe is not enough");
+        assert!(fill(&c, &key, &early, 2), "nor does it refuse a fill");
+        c.invalidate_here(&Change::Invalidate(Target::Tags(std::slice::from_ref(
+            &first,
+        ))));
+        assert_eq!(value(&c, &key), None, "its own invalidation reaches it");
     }
 
     #[tokio::test]

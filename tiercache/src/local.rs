@@ -60,8 +60,9 @@ pub(crate) struct Entry {
     pub(crate) value: Box<dyn Value>,
     /// The tier session it was filled in.
     pub(crate) session: u64,
-    /// Its tags as (stripe, version seen when its read began); `None` when it has none.
-    pub(crate) tags: Option<Arc<[(u32, u64)]>>,
+    /// Its tags' stripes and their versions when its read began (see `coherence`); `None` when
+    /// it has none.
+    pub(crate) tags: Option<Arc<[crate::coherence::TagSeen]>>,
     /// Bytes it stands for: its encoded size.
     pub(crate) weight: u32,
     /// When it expires, on `coherence`'s clock (nanoseconds).
