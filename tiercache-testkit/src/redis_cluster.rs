@@ -81,8 +81,18 @@ impl RedisCluster {
     ///
     /// If `redis-server` or `redis-cli` is missing, or the cluster does not come up in time.
     pub fn start() -> RedisCluster {
+        Self::start_with_args(&[])
+    }
+
+    /// [`start`](Self::start) with `extra` arguments for every node, for example an ACL user
+    /// (`--user svc on >pw ~* &* +@all`). The cluster is created as the `default` user.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_args(extra: &[&str]) -> RedisCluster {
         let node_timeout = NODE_TIMEOUT_MS.to_string();
-        let args = [
+        let cluster_args = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -93,6 +103,7 @@ impl RedisCluster {
             "--cluster-replica-validity-factor",
             "0",
         ];
+        let args: Vec<&str> = cluster_args.iter().chain(extra).copied().collect();
         let nodes: Vec<RedisServer> = (0..MASTERS * 2)
             .map(|_| RedisServer::start_with_args(&args))
             .collect();

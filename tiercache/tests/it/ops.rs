@@ -307,14 +307,53 @@ async fn a_disabled_cache_never_touches_redis() {
 /// channels, and the listed commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_least_privileges_are_enough() {
-    let server = RedisServer::start_with_args(&[
+    let user = least_privileged("&test:least:__invalidations*", &["+publish", "+subscribe"]);
+    let server = RedisServer::start_with_args(&user);
+    let cache = builder(&server)
+        .username("app")
+        .password("pw")
+        .namespace("least")
+        .local_capacity(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    every_operation_as_a_least_privileged_user(&cache).await;
+}
+
+/// The same on a cluster, where the channel's names carry a hash tag and sharded pub/sub
+/// replaces `PUBLISH`/`SUBSCRIBE`, and the cluster's topology is read with `CLUSTER SLOTS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_least_privileges_are_enough_on_a_cluster() {
+    let user = least_privileged(
+        "&{test:least:}__invalidations*",
+        &["+spublish", "+ssubscribe", "+cluster|slots"],
+    );
+    let cluster = tiercache_testkit::RedisCluster::start_with_args(&user);
+    let cache = tiercache::Cache::builder()
+        .cluster_urls(cluster.urls())
+        .env_prefix("test")
+        .username("app")
+        .password("pw")
+        .namespace("least")
+        .local_capacity(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    every_operation_as_a_least_privileged_user(&cache).await;
+}
+
+/// `redis-server` arguments for the user `app` (password `pw`) with the README's least
+/// privileges: the namespace `least`'s keys and tag versions, `channels`, and the common
+/// commands plus `extra`.
+fn least_privileged(channels: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
         "--user",
         "app",
         "on",
         ">pw",
         "~test:least:*",
         "~tiercache#tag:test:least:*",
-        "&test:least:__invalidations*",
+        channels,
         "-@all",
         "+get",
         "+set",
@@ -328,19 +367,14 @@ async fn the_documented_least_privileges_are_enough() {
         "+eval",
         "+evalsha",
         "+script|load",
-        "+publish",
-        "+subscribe",
         "+ping",
         "+info",
-    ]);
-    let cache = builder(&server)
-        .username("app")
-        .password("pw")
-        .namespace("least")
-        .local_capacity(1 << 20)
-        .build()
-        .await
-        .unwrap();
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn every_operation_as_a_least_privileged_user(cache: &tiercache::Cache) {
     assert!(cache.is_connected());
     wait_until(Duration::from_secs(5), "the tier to go live", || async {
         cache.stats().await.local.is_some_and(|l| l.live)
@@ -371,6 +405,10 @@ async fn the_documented_least_privileges_are_enough() {
     let p = cache.key_space().pattern(&cat::SESSIONS, ["m"]);
     assert_eq!(cache.invalidate_pattern(&p).await.unwrap(), 1);
     assert_eq!(cache.clear().await.unwrap(), 0);
+    assert!(
+        cache.catch_up().await,
+        "the channel carries this cache's heartbeats"
+    );
     let stats = cache.stats().await;
     assert_eq!(stats.errors, 0, "no command was refused: {stats:?}");
     assert!(stats.used_memory_bytes.is_some());
