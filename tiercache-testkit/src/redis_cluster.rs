@@ -91,6 +91,17 @@ impl RedisCluster {
     ///
     /// As [`start`](Self::start).
     pub fn start_with_args(extra: &[&str]) -> RedisCluster {
+        Self::start_with_node_args(|_| extra.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    /// [`start`](Self::start) with arguments for node `i` from `extra(i)`, for settings that
+    /// differ per node (a TLS port of its own: `--tls-port`, with `--tls-cluster yes`; the
+    /// plain port stays, and the test kit and `redis-cli` use it).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_node_args(extra: impl Fn(usize) -> Vec<String>) -> RedisCluster {
         let node_timeout = NODE_TIMEOUT_MS.to_string();
         let cluster_args = [
             "--cluster-enabled",
@@ -103,9 +114,16 @@ impl RedisCluster {
             "--cluster-replica-validity-factor",
             "0",
         ];
-        let args: Vec<&str> = cluster_args.iter().chain(extra).copied().collect();
         let nodes: Vec<RedisServer> = (0..MASTERS * 2)
-            .map(|_| RedisServer::start_with_args(&args))
+            .map(|i| {
+                let extra = extra(i);
+                let args: Vec<&str> = cluster_args
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().map(String::as_str))
+                    .collect();
+                RedisServer::start_with_args(&args)
+            })
             .collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");

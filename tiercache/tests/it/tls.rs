@@ -256,3 +256,81 @@ async fn mutual_tls_requires_the_client_certificate() {
     assert!(anonymous.ping().await.is_err());
     assert_eq!(anonymous.stats().await.hits, 0);
 }
+
+/// A cluster whose nodes speak TLS to clients and to each other (`tls-cluster yes`): the cache
+/// reaches it through `rediss://` seeds with the private CA, discovers its nodes' TLS ports,
+/// and every operation, the sharded channel included, works over TLS; without the CA it falls
+/// back to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certificates(dir.path());
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let tls_ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let _cluster = tiercache_testkit::RedisCluster::start_with_node_args(|i| {
+        vec![
+            "--tls-port".into(),
+            tls_ports[i].to_string(),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-cert-file".into(),
+            path("server.crt"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    });
+    let seeds: Vec<String> = tls_ports
+        .iter()
+        .map(|p| format!("rediss://127.0.0.1:{p}/"))
+        .collect();
+    let build = |ca: Option<Vec<u8>>| {
+        let builder = tiercache::Cache::builder()
+            .cluster_urls(seeds.clone())
+            .env_prefix("test")
+            .namespace("tls-cluster")
+            .local_capacity(1 << 20);
+        match ca {
+            Some(ca) => builder.tls_root_certificate(ca),
+            None => builder,
+        }
+        .build()
+    };
+    let (a, b) = (
+        build(Some(ca.clone())).await.unwrap(),
+        build(Some(ca)).await.unwrap(),
+    );
+    assert!(a.is_connected(), "TLS handshakes with the private CA");
+    for c in [&a, &b] {
+        crate::helpers::wait_live(c, true).await;
+    }
+    // Keys in many slots: every master is reached over TLS.
+    let keys: Vec<_> = (0..12)
+        .map(|i| a.key(&cat::SESSIONS, [format!("k{i}")]))
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(b.get_with(key, async move { i }).await, i);
+        a.insert(key, &(i + 100)).await;
+        assert!(b.catch_up().await, "b hears a over the sharded channel");
+        assert_eq!(
+            b.get::<usize>(key).await,
+            Some(i + 100),
+            "a's insert reached b"
+        );
+    }
+    // Every key of the category, on every master: SCAN over TLS on each.
+    let p = a.key_space().pattern(&cat::SESSIONS, [] as [&str; 0]);
+    assert_eq!(a.keys(&p, 100).await.unwrap().len(), keys.len());
+    assert_eq!(a.invalidate_pattern(&p).await.unwrap(), keys.len() as u64);
+    assert_eq!(a.stats().await.errors, 0);
+    let untrusted = build(None).await.unwrap();
+    assert!(!untrusted.is_connected(), "an unknown CA is refused");
+    assert_eq!(
+        untrusted.get_with(&keys[0], async { 7usize }).await,
+        7,
+        "and the cache falls back to the source"
+    );
+}
