@@ -309,15 +309,7 @@ async fn a_disabled_cache_never_touches_redis() {
 async fn the_documented_least_privileges_are_enough() {
     let user = least_privileged("&test:least:__invalidations*", &["+publish", "+subscribe"]);
     let server = RedisServer::start_with_args(&user);
-    let cache = builder(&server)
-        .username("app")
-        .password("pw")
-        .namespace("least")
-        .local_capacity(1 << 20)
-        .build()
-        .await
-        .unwrap();
-    every_operation_as_a_least_privileged_user(&cache).await;
+    every_operation_as_a_least_privileged_user(builder(&server)).await;
 }
 
 /// The same on a cluster, where the channel's names carry a hash tag and sharded pub/sub
@@ -329,17 +321,10 @@ async fn the_documented_least_privileges_are_enough_on_a_cluster() {
         &["+spublish", "+ssubscribe", "+cluster|slots"],
     );
     let cluster = tiercache_testkit::RedisCluster::start_with_args(&user);
-    let cache = tiercache::Cache::builder()
+    let builder = tiercache::Cache::builder()
         .cluster_urls(cluster.urls())
-        .env_prefix("test")
-        .username("app")
-        .password("pw")
-        .namespace("least")
-        .local_capacity(1 << 20)
-        .build()
-        .await
-        .unwrap();
-    every_operation_as_a_least_privileged_user(&cache).await;
+        .env_prefix("test");
+    every_operation_as_a_least_privileged_user(builder).await;
 }
 
 /// `redis-server` arguments for the user `app` (password `pw`) with the README's least
@@ -374,7 +359,17 @@ fn least_privileged(channels: &'static str, extra: &[&'static str]) -> Vec<&'sta
     args
 }
 
-async fn every_operation_as_a_least_privileged_user(cache: &tiercache::Cache) {
+/// Builds a cache from `builder` as the user of [`least_privileged`], in its namespace, with a
+/// tier, and runs every operation, asserting that none was refused.
+async fn every_operation_as_a_least_privileged_user(builder: tiercache::CacheBuilder) {
+    let cache = builder
+        .username("app")
+        .password("pw")
+        .namespace("least")
+        .local_capacity(1 << 20)
+        .build()
+        .await
+        .unwrap();
     assert!(cache.is_connected());
     wait_until(Duration::from_secs(5), "the tier to go live", || async {
         cache.stats().await.local.is_some_and(|l| l.live)
