@@ -15,8 +15,9 @@
 //! Redis pub/sub delivers at most once, so any doubt counts as loss: the subscription closing
 //! (Redis restarted, `CLIENT KILL`, output buffer overflow), an unreadable notice, or no
 //! heartbeat heard back for [`CHANNEL_SILENCE`] while Redis answers (a subscription that
-//! silently stopped delivering). Each drops the tier; a silent or closed subscription is
-//! replaced.
+//! silently stopped delivering), or within [`RECOVERY_SILENCE`] of Redis answering again after
+//! an outage (a subscription that outlived its server, hung and replaced by a failover). Each
+//! drops the tier; a silent or closed subscription is replaced.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -35,6 +36,12 @@ use crate::remote::Via;
 /// A subscription that brings no heartbeat back for this long, while Redis answers commands, is
 /// replaced (the tier stopped serving long before: after one lease).
 pub const CHANNEL_SILENCE: Duration = Duration::from_secs(3);
+
+/// Once Redis answers again after an outage (the breaker closes), a subscription that brings no
+/// heartbeat back within this is replaced sooner than [`CHANNEL_SILENCE`]: it lived through the
+/// outage (its server may have been the one that hung, and been replaced by a failover), and the
+/// tier it would keep has lapsed anyway, so replacing it costs a reconnection and nothing more.
+const RECOVERY_SILENCE: Duration = Duration::from_secs(1);
 
 /// What goes over the shared channel.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -223,9 +230,12 @@ async fn listen(
     stream: impl futures_util::Stream<Item = (String, Vec<u8>)>,
 ) -> &'static str {
     let mut stream = pin!(stream);
-    let mut check = tokio::time::interval(CHANNEL_SILENCE / 6);
+    let mut check = tokio::time::interval(RECOVERY_SILENCE / 4);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // When Redis last answered again after an outage, until a heartbeat comes back.
+    let mut recovered: Option<Instant> = None;
+    let mut away = false;
     loop {
         tokio::select! {
             message = stream.next() => match message {
@@ -233,6 +243,7 @@ async fn listen(
                     if let Ok(stamp) = <[u8; 8]>::try_from(payload.as_slice()) {
                         c.renew(u64::from_le_bytes(stamp));
                         last_heard = Instant::now();
+                        recovered = None;
                     }
                 }
                 Some((_, payload)) => match serde_json::from_slice::<Notice>(&payload) {
@@ -254,8 +265,18 @@ async fn listen(
                     // Heartbeats are not sent while Redis is away: silence says nothing of the
                     // subscription then.
                     last_heard = Instant::now();
-                } else if last_heard.elapsed() > CHANNEL_SILENCE {
-                    return "no heartbeat came back for 3 s";
+                    away = true;
+                } else {
+                    if away {
+                        away = false;
+                        recovered = Some(Instant::now());
+                    }
+                    if last_heard.elapsed() > CHANNEL_SILENCE {
+                        return "no heartbeat came back for 3 s";
+                    }
+                    if recovered.is_some_and(|at| at.elapsed() > RECOVERY_SILENCE) {
+                        return "no heartbeat came back within 1 s of Redis answering again";
+                    }
                 }
             }
         }
