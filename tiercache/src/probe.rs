@@ -7,8 +7,11 @@
 //! connection for good (see `remote::kept_by_the_manager`), so without this the cache would
 //! stay off until the process restarts. Hits resume within a cool-down of the login working.
 //! When Redis answers, it replays the changes that were lost during the outage (see
-//! `invalidation`) and only then closes the breaker, so the cache never serves a value that an acknowledged write
-//! invalidated. With the defaults the first hit after Redis returns follows within about 300 ms.
+//! `invalidation`), waits one cool-down more (plus 100 ms) so that the other instances that
+//! lost Redis too have replayed theirs, and only then closes the breaker, so the cache never
+//! serves a value that an acknowledged write invalidated (unless that write's instance is still
+//! cut off: see `coherence`). With the defaults the first hit after Redis returns follows within
+//! about 650 ms.
 //!
 //! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
 //! it, so nothing outlives the cache (or leaks from one test into the next).
@@ -42,6 +45,10 @@ impl Drop for TaskGuard {
 pub(crate) fn spawn(coherence: Arc<Coherence>, cooldown: Duration) -> TaskGuard {
     TaskGuard(tokio::spawn(recover_forever(coherence, cooldown)))
 }
+
+/// Added to a cool-down after Redis answers again, before the breaker closes: time for the
+/// other instances' replays (see `recover_forever`).
+const SETTLE_MARGIN: Duration = Duration::from_millis(100);
 
 /// Probe timeouts in a row after which the connection is replaced: its peer may be gone
 /// without a reset, and the connection manager would wait for TCP to give up.
@@ -83,6 +90,15 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
                     continue;
                 }
             };
+            if coherence.replay().await.is_err() {
+                continue;
+            }
+            // Other instances that lost Redis with this one may owe changes too (a write they
+            // acknowledged during the outage), replayed when *their* probe succeeds: within a
+            // cool-down of Redis returning, as here. Reading Redis before then could serve what
+            // such a change removes, so the breaker stays open (reads go to the source) for one
+            // cool-down more, plus a margin for their replay's round trip.
+            tokio::time::sleep(cooldown + SETTLE_MARGIN).await;
             if coherence.replay().await.is_err() {
                 continue;
             }

@@ -37,8 +37,10 @@ const DELTA: Duration = DEFAULT_LOCAL_LEASE;
 /// that lost the connections' state, the cache keeps its connection until three recovery
 /// probes in a row have timed out (each 250 ms of cool-down plus the 1 s connect timeout),
 /// because a connection that is merely slow may still deliver changes queued on it, and a new
-/// connection could overtake them. So it recovers about 3.3 s after the partition ends.
-const PARTITION_RECOVERY: Duration = Duration::from_millis(3 * 1250 + 500);
+/// connection could overtake them, and then waits a cool-down and 100 ms more for the other
+/// instance's replay (`tiercache`'s `probe`). So it recovers about 3.7 s after the partition
+/// ends.
+const PARTITION_RECOVERY: Duration = Duration::from_millis(3 * 1250 + 350 + 500);
 const IMAGE: &str = "fm/app";
 const LATEST: &str = "/api/images/fm%2Fapp/latest";
 
