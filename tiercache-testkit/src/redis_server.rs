@@ -307,6 +307,42 @@ impl RedisServer {
             .unwrap_or_default()
     }
 
+    /// `calls=N` of `command` (lower case, `script|load` for a subcommand) in `INFO
+    /// commandstats`, 0 if it was never called: how a test shows what reached Redis.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not answer `INFO`.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info = self.command(&["INFO", "commandstats"]).expect("INFO");
+        let needle = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Writes 64 KiB foreign keys (`filler:{i}`) until the server refuses one with `OOM` (it
+    /// needs a `maxmemory` under `noeviction`).
+    ///
+    /// # Panics
+    ///
+    /// If a write fails otherwise, or 1,000 writes all succeed.
+    pub fn fill_until_oom(&self) {
+        let filler = "x".repeat(64 << 10);
+        for i in 0..1000 {
+            let reply = self
+                .command(&["SET", &format!("filler:{i}"), &filler])
+                .expect("SET");
+            if reply.starts_with("-OOM") {
+                return;
+            }
+            assert!(reply.starts_with("+OK"), "{reply}");
+        }
+        panic!("redis never refused a write");
+    }
+
     /// Sends one command over a fresh TCP connection and returns the raw RESP reply, e.g.
     /// `server.command(&["DBSIZE"])` gives `":0\r\n"` and `["GET", "k"]` gives
     /// `"$1\r\nv\r\n"` or `"$-1\r\n"`. The whole exchange times out after 2 s.

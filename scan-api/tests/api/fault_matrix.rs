@@ -205,17 +205,6 @@ async fn first_hits(rig: &Rig, label: &str) -> Duration {
     started.elapsed()
 }
 
-/// `calls=N` of `command` in `INFO commandstats`, 0 if never called.
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let info = server.command(&["INFO", "commandstats"]).unwrap();
-    let needle = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The fault's row label: its name, and how long it held.
 fn label(fault: Fault) -> String {
     if fault.lasts() {
@@ -319,7 +308,7 @@ async fn every_fault_in_turn_two_instances_under_load() {
     let mut rows = Vec::new();
     for fault in Fault::ALL {
         let failures_before = redis_failures(&rig).await;
-        let loads_before = command_calls(&env.redis, "script|load");
+        let loads_before = env.redis.command_calls("script|load");
         let losses_before = channel_losses(&rig).await;
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -367,7 +356,7 @@ async fn every_fault_in_turn_two_instances_under_load() {
                 "both tiers noticed that their subscriber was killed"
             ),
             Fault::ScriptFlush => assert!(
-                command_calls(&env.redis, "script|load") > loads_before,
+                env.redis.command_calls("script|load") > loads_before,
                 "the scripts are loaded again after SCRIPT FLUSH"
             ),
             _ => assert!(

@@ -10,22 +10,6 @@ use crate::helpers::{ADMIN_TOKEN, Db, TestEnv, report};
 /// This test's namespace: a label of its metrics (the recorder is global to the binary).
 const NS: &str = "memory-oom";
 
-/// Fills the test's Redis with foreign keys until it refuses a write for memory.
-fn fill_until_oom(env: &TestEnv) {
-    let filler = "x".repeat(64 << 10);
-    for i in 0..1000 {
-        let reply = env
-            .redis
-            .command(&["SET", &format!("filler:{i}"), &filler])
-            .unwrap();
-        if reply.starts_with("-OOM") {
-            return;
-        }
-        assert!(reply.starts_with("+OK"), "{reply}");
-    }
-    panic!("redis never refused a write");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_answers_200_while_redis_refuses_writes() {
     let env = TestEnv::new(Db::Sqlite);
@@ -53,7 +37,7 @@ async fn every_request_answers_200_while_redis_refuses_writes() {
     env.redis
         .command(&["CONFIG", "SET", "maxmemory", "1mb"])
         .unwrap();
-    fill_until_oom(&env);
+    env.redis.fill_until_oom();
 
     let (mut requests, mut not_200) = (0, Vec::new());
     // Answers cached before Redis filled up are still hits, from Redis (the breaker stays

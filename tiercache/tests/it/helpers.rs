@@ -50,17 +50,6 @@ pub(crate) async fn cache(server: &RedisServer) -> Cache {
 
 pub(crate) use tiercache_testkit::wait_until;
 
-/// `calls=N` of one command in `INFO commandstats`, 0 if it was never called.
-pub(crate) fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let info = server.command(&["INFO", "commandstats"]).expect("INFO");
-    let needle = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Number of keys in the server's database 0.
 pub(crate) fn dbsize(server: &RedisServer) -> u64 {
     let reply = server.command(&["DBSIZE"]).expect("DBSIZE");

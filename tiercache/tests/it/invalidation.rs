@@ -7,9 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{
-    builder, cache, cat, command_calls, dbsize, held_load, two_instances, wait_until,
-};
+use crate::helpers::{builder, cache, cat, dbsize, held_load, two_instances, wait_until};
 
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -66,8 +64,8 @@ proptest! {
                 prop_assert!(cache.contains(&cache.key(&cat::SCAN_RESULTS, [image.as_str()])).await.unwrap());
                 prop_assert!(other_ns.contains(&other_ns.key(&cat::IMAGE_METADATA, [image.as_str()])).await.unwrap());
             }
-            prop_assert_eq!(command_calls(&server, "keys"), 0, "KEYS must never be used");
-            prop_assert!(command_calls(&server, "scan") > 5, "many SCAN pages");
+            prop_assert_eq!(server.command_calls("keys"), 0, "KEYS must never be used");
+            prop_assert!(server.command_calls("scan") > 5, "many SCAN pages");
             Ok(())
         })?;
     }
@@ -91,7 +89,7 @@ async fn clear_removes_this_namespace_only() {
     assert_eq!(cache.stats().await.keys, Some(0));
     assert_eq!(other.stats().await.keys, Some(1));
     for cmd in ["flushdb", "flushall", "keys"] {
-        assert_eq!(command_calls(&server, cmd), 0, "{cmd} must never be used");
+        assert_eq!(server.command_calls(cmd), 0, "{cmd} must never be used");
     }
 }
 

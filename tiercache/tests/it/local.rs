@@ -11,9 +11,7 @@ use proptest::prelude::*;
 use tiercache::{Cache, CacheStatus, Key};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{
-    builder, cat, command_calls, tiered_with, unique_namespace, wait_live, wait_until,
-};
+use crate::helpers::{builder, cat, tiered_with, unique_namespace, wait_live, wait_until};
 
 const CAPACITY: u64 = 8 << 20;
 
@@ -60,11 +58,11 @@ async fn repeated_reads_are_served_in_process() {
         .await
         .unwrap();
     assert_eq!((v.as_str(), status), ("v1", CacheStatus::Miss));
-    let gets = command_calls(&server, "get");
+    let gets = server.command_calls("get");
     for _ in 0..100 {
         assert_eq!(cache.get::<String>(&key).await.as_deref(), Some("v1"));
     }
-    assert_eq!(command_calls(&server, "get"), gets, "no read reached Redis");
+    assert_eq!(server.command_calls("get"), gets, "no read reached Redis");
     let stats = cache.stats().await;
     assert_eq!(stats.local_hits, 100);
     assert_eq!(stats.hits, 100);

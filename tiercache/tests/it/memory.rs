@@ -277,21 +277,6 @@ async fn the_size_limit_comes_from_the_environment() {
     assert_eq!(cache.stats_without_keys().await.oversized, 1);
 }
 
-/// Fills `server` with foreign keys until it refuses a write for memory.
-fn fill_until_oom(server: &RedisServer) {
-    let filler = "x".repeat(64 << 10);
-    for i in 0..1000 {
-        let reply = server
-            .command(&["SET", &format!("filler:{i}"), &filler])
-            .unwrap();
-        if reply.starts_with("-OOM") {
-            return;
-        }
-        assert!(reply.starts_with("+OK"), "{reply}");
-    }
-    panic!("redis never refused a write");
-}
-
 #[tokio::test]
 async fn oom_is_a_failed_write_never_a_failed_request() {
     let server = RedisServer::start();
@@ -315,7 +300,7 @@ async fn oom_is_a_failed_write_never_a_failed_request() {
     server
         .command(&["CONFIG", "SET", "maxmemory", "1mb"])
         .unwrap();
-    fill_until_oom(&server);
+    server.fill_until_oom();
     let before = cache.stats_without_keys().await;
 
     // Loads return their values; nothing is stored; the breaker stays closed.

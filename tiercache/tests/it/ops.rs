@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tiercache::{Category, Codec};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{builder, cache, cat, command_calls, dbsize, wait_until};
+use crate::helpers::{builder, cache, cat, dbsize, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Scan {
@@ -79,9 +79,9 @@ async fn values_are_written_with_their_expiry_in_one_set() {
         ttl > Duration::from_secs(260) && ttl <= Duration::from_secs(330),
         "{ttl:?}"
     );
-    assert_eq!(command_calls(&server, "set"), 1);
+    assert_eq!(server.command_calls("set"), 1);
     for cmd in ["expire", "pexpire"] {
-        assert_eq!(command_calls(&server, cmd), 0, "{cmd} must never be used");
+        assert_eq!(server.command_calls(cmd), 0, "{cmd} must never be used");
     }
     let missing = cache.key(&cat::SCAN_RESULTS, ["missing"]);
     assert_eq!(cache.ttl(&missing).await.unwrap(), None);
@@ -136,10 +136,10 @@ async fn batches_take_one_round_trip() {
     for (i, v) in got.iter().enumerate() {
         assert_eq!(v.as_ref(), (i < 40).then(|| scan(i as u64)).as_ref());
     }
-    assert_eq!(command_calls(&server, "mget"), 1);
+    assert_eq!(server.command_calls("mget"), 1);
     // One pipeline: 40 SETs but a single round trip is not visible in INFO; the number of
     // commands is, and every value carries its TTL.
-    assert_eq!(command_calls(&server, "set"), 40);
+    assert_eq!(server.command_calls("set"), 40);
     assert!(cache.ttl(&keys[0]).await.unwrap().is_some());
     let s = cache.stats().await;
     assert_eq!((s.hits, s.misses, s.sets), (40, 10, 40));
@@ -299,7 +299,7 @@ async fn a_disabled_cache_never_touches_redis() {
     let s = cache.stats().await;
     assert_eq!((s.loader_runs, s.misses, s.sets), (3, 3, 0));
     assert_eq!(dbsize(&server), 0);
-    assert_eq!(command_calls(&server, "get"), 0);
+    assert_eq!(server.command_calls("get"), 0);
 }
 
 /// The least privileges the README documents are enough for everything, the in-process tier

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use tiercache::{Cache, Key, Tag};
 use tiercache_testkit::RedisServer;
 
-use crate::helpers::{
-    cache, cat, command_calls, held_load, tiered_with, unique_namespace, wait_until,
-};
+use crate::helpers::{cache, cat, held_load, tiered_with, unique_namespace, wait_until};
 
 /// A value as the tests store it: which op produced it, so a read can tell how old it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,11 +232,11 @@ async fn a_tag_invalidation_costs_one_command_whatever_it_covers() {
         .collect();
     cache.insert_many(&entries).await;
     assert_eq!(cache.get::<u32>(&entries[7].0).await, Some(7));
-    let before = command_calls(&server, "unlink");
-    let scans = command_calls(&server, "scan");
+    let before = server.command_calls("unlink");
+    let scans = server.command_calls("scan");
     cache.invalidate_tag(&tag).await;
-    assert_eq!(command_calls(&server, "unlink"), before + 1);
-    assert_eq!(command_calls(&server, "scan"), scans, "no sweep");
+    assert_eq!(server.command_calls("unlink"), before + 1);
+    assert_eq!(server.command_calls("scan"), scans, "no sweep");
     for (key, _) in entries.iter().step_by(97) {
         assert_eq!(cache.get::<u32>(key).await, None);
     }
