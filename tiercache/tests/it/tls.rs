@@ -96,21 +96,28 @@ fn free_port() -> u16 {
 /// in `dir`; `auth_clients`: `yes` requires client certificates. Returns the server and its
 /// `rediss://` URL.
 fn tls_server(dir: &std::path::Path, auth_clients: &str) -> (RedisServer, String) {
-    let tls_port = free_port().to_string();
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let server = RedisServer::start_with_args(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        auth_clients,
-    ]);
+    let tls_port = free_port();
+    let args = tls_args(dir, tls_port, auth_clients);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = RedisServer::start_with_args(&args);
     (server, format!("rediss://127.0.0.1:{tls_port}/"))
+}
+
+/// `redis-server` arguments for TLS on `tls_port` with the certificates in `dir`.
+fn tls_args(dir: &std::path::Path, tls_port: u16, auth_clients: &str) -> Vec<String> {
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.crt"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.crt"),
+        "--tls-auth-clients".into(),
+        auth_clients.into(),
+    ]
 }
 
 #[tokio::test]
@@ -265,23 +272,11 @@ async fn mutual_tls_requires_the_client_certificate() {
 async fn a_cluster_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_certificates(dir.path());
-    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let tls_ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let _cluster = tiercache_testkit::RedisCluster::start_with_node_args(|i| {
-        vec![
-            "--tls-port".into(),
-            tls_ports[i].to_string(),
-            "--tls-cluster".into(),
-            "yes".into(),
-            "--tls-cert-file".into(),
-            path("server.crt"),
-            "--tls-key-file".into(),
-            path("server.key"),
-            "--tls-ca-cert-file".into(),
-            path("ca.crt"),
-            "--tls-auth-clients".into(),
-            "no".into(),
-        ]
+        let mut args = tls_args(dir.path(), tls_ports[i], "no");
+        args.extend(["--tls-cluster".into(), "yes".into()]);
+        args
     });
     let seeds: Vec<String> = tls_ports
         .iter()
