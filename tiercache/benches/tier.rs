@@ -12,7 +12,10 @@
 //! and C would not matter); the yield costs both sides alike, about 1/64 of a scheduler pass per
 //! get. One get in 16 is timed on its own for the latency columns (the time inside that get:
 //! waiting for a core between batches is not in it); throughput counts all gets. Rounds alternate
-//! between the sides. The bare moka cache is built with `Cache::new(2048)`: no weigher and no
+//! between the sides. Besides the ratio of the totals, the bench prints the median of the five
+//! rounds' ratios (each round of the tier against the moka round just before it): on a shared
+//! machine a burst of stolen time slows one round, and the median of adjacent pairs is the
+//! figure that burst moves least. The bare moka cache is built with `Cache::new(2048)`: no weigher and no
 //! expiry policy (the tier's moka has both, for its byte capacity and per-entry TTLs), so those
 //! count against the tier too.
 //!
@@ -43,7 +46,7 @@ use tiercache_testkit::RedisServer;
 /// A power of two: keys are picked with a mask.
 const KEYS: usize = 1024;
 const TASKS: [usize; 3] = [1, 16, 64];
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Gets per batch; each task yields once per batch.
 const BATCH: usize = 64;
 /// One get in this many is timed.
@@ -105,6 +108,16 @@ struct Tally {
 impl Tally {
     fn throughput(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Where the tally stands, for [`since`](Self::since).
+    fn mark(&self) -> (u64, Duration) {
+        (self.ops, self.elapsed)
+    }
+
+    /// Throughput of what was added since `mark`.
+    fn since(&self, (ops, elapsed): (u64, Duration)) -> f64 {
+        (self.ops - ops) as f64 / (self.elapsed - elapsed).as_secs_f64()
     }
 
     fn percentile(&mut self, p: f64) -> u64 {
@@ -227,26 +240,31 @@ async fn run(server: &RedisServer, secs: Duration) {
         cache.stored_size(tier.keys[0].as_str()).await.unwrap()
     );
     println!(
-        "| tasks | moka ops/s | tier ops/s | ratio | moka p50 ns | tier p50 ns | moka p99 ns | tier p99 ns |"
+        "| tasks | moka ops/s | tier ops/s | ratio | median round ratio | moka p50 ns | tier p50 ns | moka p99 ns | tier p99 ns |"
     );
     println!(
-        "|------:|-----------:|-----------:|------:|------------:|------------:|------------:|------------:|"
+        "|------:|-----------:|-----------:|------:|-------------------:|------------:|------------:|------------:|------------:|"
     );
     let mut tier_ops = 0;
     let mut misses = 0;
     for tasks in TASKS {
         let (mut m, mut t) = (Tally::default(), Tally::default());
+        let mut ratios = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
+            let (m0, t0) = (m.mark(), t.mark());
             round(&moka, tasks, secs, &mut m).await;
             round(&tier, tasks, secs, &mut t).await;
+            ratios.push(t.since(t0) / m.since(m0));
         }
+        ratios.sort_by(f64::total_cmp);
         tier_ops += t.ops;
         misses += m.misses + t.misses;
         println!(
-            "| {tasks:>5} | {:>10.0} | {:>10.0} | {:>5.2} | {:>11} | {:>11} | {:>11} | {:>11} |",
+            "| {tasks:>5} | {:>10.0} | {:>10.0} | {:>5.2} | {:>18.2} | {:>11} | {:>11} | {:>11} | {:>11} |",
             m.throughput(),
             t.throughput(),
             t.throughput() / m.throughput(),
+            ratios[ROUNDS / 2],
             m.percentile(0.5),
             t.percentile(0.5),
             m.percentile(0.99),

@@ -18,7 +18,7 @@ use crate::encryption::{Encryption, Protection};
 use crate::error::{Error, Result};
 use crate::key::{Category, KeySpace};
 use crate::memory::{self, DEFAULT_MAX_VALUE_BYTES, ValueLimit};
-use crate::probe;
+use crate::probe::{self, TaskGuard};
 use crate::remote::{Remote, RemoteConfig};
 use crate::stats::Counters;
 use crate::ttl::TtlPolicy;
@@ -695,6 +695,11 @@ impl CacheBuilder {
                 tracing::info!("cache mode: disabled; every read goes to the source");
                 remote.breaker.trip();
             }
+        }
+        if coherence.has_tier() {
+            tasks.push(TaskGuard::new(tokio::spawn(
+                coherence.clone().sweep_forever(),
+            )));
         }
         Ok(Cache::from_inner(Inner {
             keys,

@@ -273,14 +273,13 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        // The tier's own clone of the value (see `local`): moved out, not cloned again.
-        match self.coherence().tier_get(key)?.into_any().downcast::<T>() {
-            Ok(value) => Some(*value),
-            Err(other) => {
-                let Encoded(bytes) = other.downcast_ref::<Encoded>()?;
-                self.inner.envelope.decode::<T>(bytes).ok()
-            }
+        // A clone of `T` out of the shared entry (see `local`).
+        let entry = self.coherence().tier_get(key)?;
+        if let Some(value) = entry.value.downcast_ref::<T>() {
+            return Some(value.clone());
         }
+        let Encoded(bytes) = entry.value.downcast_ref::<Encoded>()?;
+        self.inner.envelope.decode::<T>(bytes).ok()
     }
 
     /// Turns bytes read from Redis into a value: a lease is a miss, a value whose tags moved is
@@ -744,7 +743,7 @@ impl Cache {
         let Encoding::Bytes(bytes) = self.encode(key, value, &versions) else {
             return false;
         };
-        let decoded: Box<dyn Value> = Box::new(value.clone());
+        let decoded: Value = Box::new(value.clone());
         c.fill(key, ticket, lease, &bytes, ttl, decoded).await
     }
 

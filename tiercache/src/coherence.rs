@@ -123,7 +123,7 @@ use crate::error::Result;
 use crate::history::{History, InvalidationKind};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Key, KeySpace, Pattern, Tag};
-use crate::local::{Entry, Local, Value};
+use crate::local::{Entry, Local, SWEEP_EVERY, Value};
 use crate::remote::{Leased, Remote, TagNote, Take, Via};
 use crate::stats::Counters;
 
@@ -370,13 +370,7 @@ impl Coherence {
             keys: config.keys,
             scope: config.scope,
             remote,
-            local: (config.local_capacity > 0).then(|| {
-                let max_ttl = match config.scope {
-                    Scope::Shared => Some(config.local_max_ttl),
-                    Scope::Standalone => None,
-                };
-                Local::new(config.local_capacity, max_ttl)
-            }),
+            local: (config.local_capacity > 0).then(|| Local::new(config.local_capacity)),
             local_max_ttl: config.local_max_ttl,
             max_load_time: config.max_load_time,
             versions: Versions::new(),
@@ -401,6 +395,24 @@ impl Coherence {
     /// Whether this cache has an in-process tier.
     pub(crate) fn has_tier(&self) -> bool {
         self.local.is_some()
+    }
+
+    /// Drops the tier's expired entries every [`SWEEP_EVERY`], for as long as the cache lives
+    /// (see `local`). Returns at once without a tier.
+    pub(crate) async fn sweep_forever(self: Arc<Self>) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let swept = local.sweep(self.lease.now());
+            if swept > 0 {
+                tracing::debug!(swept, "dropped expired entries from the in-process tier");
+            }
+        }
     }
 
     /// Whether the tier may serve now: always standalone, else within the lease.
@@ -431,7 +443,7 @@ impl Coherence {
 
     /// The tier's value for `key`, if it may be served: the tier is live, the entry was filled
     /// in the current session, and none of its tags moved since its read began.
-    pub(crate) fn tier_get(&self, key: &Key) -> Option<Box<dyn Value>> {
+    pub(crate) fn tier_get(&self, key: &Key) -> Option<Arc<Entry>> {
         let local = self.local.as_ref()?;
         // One reading of the clock for the lease and the entry's expiry.
         let now = self.lease.now();
@@ -452,7 +464,7 @@ impl Coherence {
         {
             return None;
         }
-        Some(entry.value)
+        Some(entry)
     }
 
     /// Puts `value` (read or loaded with `ticket`, `weight` bytes encoded) in the tier for at
@@ -462,7 +474,7 @@ impl Coherence {
         &self,
         key: &Key,
         ticket: &Ticket,
-        value: Box<dyn Value>,
+        value: Value,
         weight: usize,
         ttl: Duration,
     ) -> bool {
@@ -477,7 +489,7 @@ impl Coherence {
         if ttl.is_zero() {
             return false;
         }
-        let tags = (!ticket.tags.is_empty()).then(|| Arc::from(ticket.tags.as_slice()));
+        let tags = (!ticket.tags.is_empty()).then(|| ticket.tags.clone().into_boxed_slice());
         let expires = self.lease.now().saturating_add(Clock::span(ttl));
         let _shared = self
             .versions
@@ -579,7 +591,7 @@ impl Coherence {
         lease: Option<&Lease>,
         bytes: &[u8],
         ttl: Duration,
-        value: Box<dyn Value>,
+        value: Value,
     ) -> bool {
         if self.is_standalone() {
             let stored = self.tier_fill(key, ticket, value, bytes.len(), ttl);
@@ -1052,7 +1064,7 @@ mod tests {
 
     fn value(c: &Coherence, key: &Key) -> Option<u32> {
         c.tier_get(key)
-            .and_then(|v| v.into_any().downcast::<u32>().ok().map(|v| *v))
+            .and_then(|e| e.value.downcast_ref::<u32>().copied())
     }
 
     fn fill(c: &Coherence, key: &Key, t: &Ticket, v: u32) -> bool {
