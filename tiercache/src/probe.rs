@@ -1,8 +1,10 @@
 //! The background recovery task: reconnects the cache to Redis after an outage.
 //!
 //! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
-//! After three timeouts in a row it replaces the connection, whose peer may have vanished
-//! without a reset. After a refused login (an ACL user switched off, a password being rotated)
+//! When the cache's connection has not answered within an operation timeout, it PINGs on a new
+//! connection too, which replaces the old one if it answers first: the old one's peer vanished
+//! without a reset (see `Remote::probe_fresh`). After a
+//! refused login (an ACL user switched off, a password being rotated)
 //! it replaces the connection at once and PINGs again: the driver keeps a failed login as its
 //! connection for good (see `remote::kept_by_the_manager`), so without this the cache would
 //! stay off until the process restarts. Hits resume within a cool-down of the login working.
@@ -16,14 +18,16 @@
 //! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
 //! it, so nothing outlives the cache (or leaks from one test into the next).
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use crate::coherence::Coherence;
+use crate::error::Result;
 use crate::memory;
-use crate::remote::kept_by_the_manager;
+use crate::remote::{Remote, kept_by_the_manager};
 
 /// Aborts the task it holds when dropped.
 #[derive(Debug)]
@@ -50,20 +54,44 @@ pub(crate) fn spawn(coherence: Arc<Coherence>, cooldown: Duration) -> TaskGuard 
 /// other instances' replays (see `recover_forever`).
 const SETTLE_MARGIN: Duration = Duration::from_millis(100);
 
-/// Probe timeouts in a row after which the connection is replaced: its peer may be gone
-/// without a reset, and the connection manager would wait for TCP to give up.
-const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
+/// A PING on the cache's connection; if it has not answered within an operation timeout, a
+/// PING on a new connection too, and the first answer wins (a new connection that answers
+/// replaces the old one: see `Remote::probe_fresh`). Racing the two keeps the recovery after a
+/// partition that lost the connection's state as short as after any other fault: the old
+/// connection never answers again, and waiting for its probe to time out first would add a
+/// connect timeout to every recovery.
+async fn probe_own_or_fresh(remote: &Remote) -> Result<Duration> {
+    let own = remote.probe();
+    let mut own = pin!(own);
+    if let Ok(probed) = tokio::time::timeout(remote.op_timeout, &mut own).await {
+        return probed;
+    }
+    let fresh = remote.probe_fresh();
+    let mut fresh = pin!(fresh);
+    tokio::select! {
+        probed = &mut own => match probed {
+            Ok(rtt) => Ok(rtt),
+            Err(_) => fresh.await,
+        },
+        probed = &mut fresh => match probed {
+            Ok(rtt) => {
+                tracing::warn!(addr = %remote.addr, "redis answered a new connection but not its own; the new one replaces it");
+                Ok(rtt)
+            }
+            Err(_) => own.await,
+        },
+    }
+}
 
 async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
     let remote = &coherence.remote;
     loop {
         remote.breaker.wait_open().await;
         let outage = Instant::now();
-        let mut timeouts = 0;
         let mut refused_logged = false;
         loop {
             tokio::time::sleep(cooldown).await;
-            let probed = match remote.probe().await {
+            let probed = match probe_own_or_fresh(remote).await {
                 Err(e) if kept_by_the_manager(&e) => {
                     if !refused_logged {
                         refused_logged = true;
@@ -76,19 +104,8 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
                 }
                 probed => probed,
             };
-            let rtt = match probed {
-                Ok(rtt) => rtt,
-                Err(e) => {
-                    timeouts = if e.is_timeout() { timeouts + 1 } else { 0 };
-                    if timeouts >= RECONNECT_AFTER_TIMEOUTS {
-                        timeouts = 0;
-                        tracing::warn!(addr = %remote.addr, "redis does not answer on its connection; opening a new one");
-                        if let Err(e) = remote.reconnect() {
-                            tracing::warn!(addr = %remote.addr, error = %e, "cannot create a new redis connection");
-                        }
-                    }
-                    continue;
-                }
+            let Ok(rtt) = probed else {
+                continue;
             };
             if coherence.replay().await.is_err() {
                 continue;

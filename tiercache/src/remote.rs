@@ -291,6 +291,21 @@ impl Remote {
             Via::Recovery => self.connect_timeout,
         };
         let conn = Connection::clone(&self.conn.load());
+        self.call_on(conn, op, limit, f).await
+    }
+
+    /// Runs one Redis call on `conn` within `limit`, counting its outcome.
+    async fn call_on<T, F, Fut>(
+        &self,
+        conn: Connection,
+        op: &'static str,
+        limit: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let started = Instant::now();
         let outcome = tokio::time::timeout(limit, f(conn)).await;
         self.counters.redis_call(started.elapsed());
@@ -866,10 +881,11 @@ impl Remote {
     ///
     /// The manager reconnects by itself only when its connection *fails*. A connection whose
     /// peer vanished without a reset (a network partition, a moved VIP, a failover) just stops
-    /// answering until TCP gives up, which takes many minutes; recovery calls this after
-    /// repeated probe timeouts. And a reconnection that fails for another reason than I/O (see
-    /// [`kept_by_the_manager`]) is never retried by the manager; recovery calls this then too.
-    /// Calls in flight finish on the old connection.
+    /// answering until TCP gives up, which takes many minutes: recovery replaces it when a new
+    /// connection answers where it did not (see [`probe_fresh`](Self::probe_fresh)). And a
+    /// reconnection that fails for another reason than I/O (see [`kept_by_the_manager`]) is
+    /// never retried by the manager; recovery calls this then. Calls in flight finish on the
+    /// old connection.
     pub(crate) fn reconnect(&self) -> Result<()> {
         let fresh = self.connector.connect().map_err(Error::Redis)?;
         self.conn.store(Arc::new(fresh));
@@ -879,6 +895,27 @@ impl Remote {
     /// PING through the breaker, returning the round-trip time.
     pub(crate) async fn ping(&self) -> Result<Duration> {
         self.timed_ping(Via::Breaker).await
+    }
+
+    /// PING on a new connection, within the connect timeout; if it answers, the new connection
+    /// replaces the cache's own. Recovery sends it when a probe on the cache's connection timed
+    /// out: Redis answering a new connection while the old one is silent means the old one's
+    /// peer is gone (a partition that lost the connection's state, a NAT or proxy restarted),
+    /// not that Redis is slow (a paused or busy Redis answers neither). Redis, which runs every
+    /// connection's commands as they arrive, would have run whatever reached it on the old one.
+    pub(crate) async fn probe_fresh(&self) -> Result<Duration> {
+        let fresh = self.connector.connect().map_err(Error::Redis)?;
+        let start = Instant::now();
+        self.call_on(
+            Connection::clone(&fresh),
+            "PING",
+            self.connect_timeout,
+            |mut c| async move { redis::cmd("PING").exec_async(&mut c).await },
+        )
+        .await?;
+        let rtt = start.elapsed();
+        self.conn.store(Arc::new(fresh));
+        Ok(rtt)
     }
 
     /// PING that ignores the breaker and may take up to the connect timeout (it may have to
