@@ -120,6 +120,7 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
                 continue;
             }
             remote.breaker.close();
+            remote.drop_candidate();
             // Changes recorded while we were closing are applied now; callers that record one
             // after this point see the breaker closed and apply it themselves.
             if coherence.owes() && coherence.replay().await.is_err() {

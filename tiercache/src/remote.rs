@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -163,6 +163,11 @@ pub(crate) struct Remote {
     conn: ArcSwap<Connection>,
     /// What a replacement connection is built from.
     connector: Connector,
+    /// A new connection that recovery is trying while the cache's own is silent (see
+    /// [`Remote::probe_fresh`]); kept from one probe to the next, so that a connection that
+    /// takes longer than one probe to set up (a cluster's, whose first seed node may be the
+    /// hung one) is not started over every time.
+    candidate: std::sync::Mutex<Option<Connection>>,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     scan_count: usize,
@@ -249,6 +254,7 @@ impl Remote {
         Ok(Self {
             conn: ArcSwap::from_pointee(conn),
             connector,
+            candidate: std::sync::Mutex::new(None),
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
             scan_count: config.scan_count,
@@ -898,24 +904,59 @@ impl Remote {
     }
 
     /// PING on a new connection, within the connect timeout; if it answers, the new connection
-    /// replaces the cache's own. Recovery sends it when a probe on the cache's connection timed
-    /// out: Redis answering a new connection while the old one is silent means the old one's
-    /// peer is gone (a partition that lost the connection's state, a NAT or proxy restarted),
-    /// not that Redis is slow (a paused or busy Redis answers neither). Redis, which runs every
-    /// connection's commands as they arrive, would have run whatever reached it on the old one.
+    /// replaces the cache's own. Recovery sends it when a probe on the cache's connection is
+    /// slow to answer: Redis answering a new connection while the old one is silent means the
+    /// old one's peer is gone (a partition that lost the connection's state, a NAT or proxy
+    /// restarted; on a cluster, a hung master that was replaced, which the old connection's
+    /// slot map still names), not that Redis is slow (a paused or busy Redis answers neither).
+    /// Redis, which runs every connection's commands as they arrive, would have run whatever
+    /// reached it on the old one. The new connection is kept for the next probe when this one
+    /// times out, and dropped when it fails otherwise.
     pub(crate) async fn probe_fresh(&self) -> Result<Duration> {
-        let fresh = self.connector.connect().map_err(Error::Redis)?;
+        let fresh = {
+            let mut candidate = self
+                .candidate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*candidate {
+                Some(c) => Connection::clone(c),
+                None => {
+                    let c = self.connector.connect().map_err(Error::Redis)?;
+                    *candidate = Some(Connection::clone(&c));
+                    c
+                }
+            }
+        };
         let start = Instant::now();
-        self.call_on(
-            Connection::clone(&fresh),
-            "PING",
-            self.connect_timeout,
-            |mut c| async move { redis::cmd("PING").exec_async(&mut c).await },
-        )
-        .await?;
-        let rtt = start.elapsed();
-        self.conn.store(Arc::new(fresh));
-        Ok(rtt)
+        let probed = self
+            .call_on(
+                Connection::clone(&fresh),
+                "PING",
+                self.connect_timeout,
+                |mut c| async move { redis::cmd("PING").exec_async(&mut c).await },
+            )
+            .await;
+        match probed {
+            Ok(()) => {
+                self.conn.store(Arc::new(fresh));
+                self.drop_candidate();
+                Ok(start.elapsed())
+            }
+            Err(e) => {
+                if !e.is_timeout() {
+                    self.drop_candidate();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets the connection [`probe_fresh`](Self::probe_fresh) was trying.
+    pub(crate) fn drop_candidate(&self) {
+        self.candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// PING that ignores the breaker and may take up to the connect timeout (it may have to

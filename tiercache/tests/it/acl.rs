@@ -3,6 +3,8 @@
 //! login is refused every call falls back at once; once it works again, hits resume within
 //! 1 s (the cache must never stay disabled until the process restarts).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tiercache::Cache;
@@ -185,5 +187,85 @@ async fn the_in_process_tier_serves_again_within_a_second_of_the_user_switched_o
     assert!(
         took <= Duration::from_secs(1),
         "the tier serves only {took:?} after the user was switched on"
+    );
+}
+
+/// Two instances lose Redis together (their user switched off, their connections killed); one
+/// acknowledges a write meanwhile (its invalidation is owed, to be replayed when its probe logs
+/// in again). When the user is switched on, the other's probe may come first: if it closed its
+/// breaker then, it would read the old value back from Redis until the writer's probe
+/// replayed. Recovery keeps the breaker open one cool-down more (plus a margin) so that every
+/// instance that lost Redis at that moment has replayed first. Here the reader's breaker opens
+/// [`PHASE`] before the writer's, so its probes run that much ahead of the writer's, and the
+/// user is switched on in the middle of a cool-down: the reader's probe comes first. Without
+/// the wait, it read the old value for about `PHASE` (found by the chaos soak, seed
+/// 4916927165201593319).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_shared_outage_is_never_read_back_old() {
+    /// How far the reader's probes run ahead of the writer's.
+    const PHASE: Duration = Duration::from_millis(60);
+    const ROUNDS: u32 = 3;
+    let server = RedisServer::start_with_user(USER, PASSWORD);
+    let ns = crate::helpers::unique_namespace();
+    let instance = || {
+        builder(&server)
+            .username(USER)
+            .password(PASSWORD)
+            .namespace(ns.as_str())
+            .op_timeout(OP_TIMEOUT)
+            .build()
+    };
+    let (writer, reader) = (instance().await.unwrap(), instance().await.unwrap());
+    let key = reader.key(&cat::SCAN_RESULTS, ["shared-outage"]);
+    // The source: the newest acknowledged version.
+    let source = Arc::new(AtomicU32::new(0));
+    let load = |source: &Arc<AtomicU32>| {
+        let source = source.clone();
+        async move { source.load(Ordering::SeqCst) }
+    };
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        // Redis holds the current version, read through the reader.
+        assert_eq!(reader.get_with(&key, load(&source)).await, round - 1);
+        assert_eq!(reader.get::<u32>(&key).await, Some(round - 1));
+
+        admin(&server, &["ACL", "SETUSER", USER, "off"]);
+        kill_user_connections(&server);
+        wait_until(Duration::from_secs(5), "the breaker to open", || async {
+            let _ = reader.get::<u32>(&key).await;
+            !reader.is_connected()
+        })
+        .await;
+        // Sets the phase of the writer's probes (not a wait for a condition).
+        tokio::time::sleep(PHASE).await;
+        // The write: the source first, then the invalidation, which Redis cannot take: it is
+        // owed, opens the writer's breaker, and returns a lease (100 ms) later.
+        source.store(round, Ordering::SeqCst);
+        writer.invalidate(&key).await;
+        assert!(!writer.is_connected(), "the writer owes its invalidation");
+        admin(&server, &["ACL", "SETUSER", USER, "on"]);
+
+        // From now on nothing older than `round` may be read.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(writer.is_connected() && reader.is_connected()) {
+            assert!(Instant::now() < deadline, "round {round}: no recovery");
+            let got = reader.get_with(&key, load(&source)).await;
+            if got < round {
+                stale.push((round, got));
+            }
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            let got = reader.get_with(&key, load(&source)).await;
+            if got < round {
+                stale.push((round, got));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "reads older than an acknowledged write, as (round, value read): {} of them, first {:?}",
+        stale.len(),
+        stale.first()
     );
 }
