@@ -190,6 +190,9 @@ async fn run(server: &RedisServer, secs: Duration) {
         .url(server.url())
         .namespace("tier")
         .local_capacity(16 << 20)
+        // Longer than the whole run (30 rounds): no entry expires while it is measured.
+        .default_ttl(Duration::from_secs(3600))
+        .local_max_ttl(Duration::from_secs(3600))
         .build()
         .await
         .unwrap();

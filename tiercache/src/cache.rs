@@ -25,7 +25,6 @@ use crate::encryption::{Protection, Rejected};
 use crate::error::{Error, Result};
 use crate::history::InvalidationRecord;
 use crate::key::{Category, Key, KeySpace, Pattern, Tag};
-use crate::local::Value;
 use crate::memory::ValueLimit;
 use crate::probe::TaskGuard;
 use crate::remote::{Take, Via};
@@ -213,14 +212,15 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if !self.caches(key) {
-            self.inner.counters.miss(key.category());
-            return None;
-        }
-        // A tier hit completes here, without building the (larger) future of a Redis read.
+        // A tier hit completes here, without building the (larger) future of a Redis read. (The
+        // tier holds only values of cached categories: no need to ask first.)
         if let Some(v) = self.tier_value::<T>(key) {
             self.inner.counters.local_hit(key.category());
             return Some(v);
+        }
+        if !self.caches(key) {
+            self.inner.counters.miss(key.category());
+            return None;
         }
         let value = Box::pin(async {
             let ticket = self.coherence().note(key);
@@ -262,7 +262,7 @@ impl Cache {
             && let Some(ttl) = read.ttl
         {
             // No TTL: the key expired between GET and PTTL, so it must not outlive that here.
-            c.tier_fill(key, ticket, Box::new(v.clone()), bytes.len(), ttl);
+            c.tier_fill(key, ticket, v.clone(), bytes.len(), ttl);
         }
         Ok(found)
     }
@@ -428,13 +428,7 @@ impl Cache {
             for (key, bytes, ttl) in encoded {
                 let ticket = c.note(key);
                 let weight = bytes.len();
-                if c.tier_fill(
-                    key,
-                    &ticket,
-                    Box::new(Encoded(Arc::from(bytes))),
-                    weight,
-                    ttl,
-                ) {
+                if c.tier_fill(key, &ticket, Encoded(Arc::from(bytes)), weight, ttl) {
                     self.inner.counters.sets(1);
                 }
             }
@@ -743,8 +737,7 @@ impl Cache {
         let Encoding::Bytes(bytes) = self.encode(key, value, &versions) else {
             return false;
         };
-        let decoded: Value = Box::new(value.clone());
-        c.fill(key, ticket, lease, &bytes, ttl, decoded).await
+        c.fill(key, ticket, lease, &bytes, ttl, value.clone()).await
     }
 
     /// `value` encoded with `key`'s tags at `versions` (in the key's order; none standalone),

@@ -110,6 +110,7 @@
 //! # Standalone
 //! Without Redis (`Mode::Standalone`) the tier is the cache: always live, changes local only.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -124,7 +125,7 @@ use crate::error::Result;
 use crate::history::{History, InvalidationKind};
 use crate::invalidation::PendingInvalidations;
 use crate::key::{Key, KeySpace, Pattern, Tag};
-use crate::local::{Entry, Local, SWEEP_EVERY, Value};
+use crate::local::{Entry, Local, SWEEP_EVERY};
 use crate::remote::{Leased, Remote, TagNote, Take, Via};
 use crate::stats::Counters;
 
@@ -471,11 +472,11 @@ impl Coherence {
     /// Puts `value` (read or loaded with `ticket`, `weight` bytes encoded) in the tier for at
     /// most `ttl`, unless something it depends on moved since the ticket was noted or the tier
     /// is not live. Returns whether it did.
-    pub(crate) fn tier_fill(
+    pub(crate) fn tier_fill<V: Any + Send + Sync>(
         &self,
         key: &Key,
         ticket: &Ticket,
-        value: Value,
+        value: V,
         weight: usize,
         ttl: Duration,
     ) -> bool {
@@ -500,16 +501,14 @@ impl Coherence {
         if !ticket.is_current(&self.versions) || !self.tier_live() {
             return false;
         }
-        local.insert(
-            key.as_str(),
-            Entry {
-                value,
-                session: ticket.session,
-                tags,
-                weight: u32::try_from(weight).unwrap_or(u32::MAX),
-                expires,
-            },
-        );
+        let entry: Arc<Entry> = Arc::new(Entry {
+            session: ticket.session,
+            tags,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            expires,
+            value,
+        });
+        local.insert(key.as_str(), entry);
         true
     }
 
@@ -585,14 +584,14 @@ impl Coherence {
     /// Stores a loaded value: in Redis if `lease` is still held there and the tags noted with
     /// it have not moved, then in the tier if `ticket` is still current. Standalone, the tier
     /// is the store. Returns whether the value was stored.
-    pub(crate) async fn fill(
+    pub(crate) async fn fill<V: Any + Send + Sync>(
         &self,
         key: &Key,
         ticket: &Ticket,
         lease: Option<&Lease>,
         bytes: &[u8],
         ttl: Duration,
-        value: Value,
+        value: V,
     ) -> bool {
         if self.is_standalone() {
             let stored = self.tier_fill(key, ticket, value, bytes.len(), ttl);
@@ -1069,7 +1068,7 @@ mod tests {
     }
 
     fn fill(c: &Coherence, key: &Key, t: &Ticket, v: u32) -> bool {
-        c.tier_fill(key, t, Box::new(v), 4, Duration::from_secs(60))
+        c.tier_fill(key, t, v, 4, Duration::from_secs(60))
     }
 
     #[tokio::test]
@@ -1164,14 +1163,14 @@ mod tests {
         let c = coherence(Scope::Standalone);
         let key = c.keys().key(&Category::new("c"), ["k"]);
         let t = c.note(&key);
-        assert!(c.tier_fill(&key, &t, Box::new(1u32), 4, Duration::from_millis(30)));
+        assert!(c.tier_fill(&key, &t, 1u32, 4, Duration::from_millis(30)));
         assert_eq!(value(&c, &key), Some(1));
         let deadline = Instant::now() + Duration::from_secs(5);
         while value(&c, &key).is_some() {
             assert!(Instant::now() < deadline, "entry did not expire");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(!c.tier_fill(&key, &c.note(&key), Box::new(2u32), 4, Duration::ZERO));
+        assert!(!c.tier_fill(&key, &c.note(&key), 2u32, 4, Duration::ZERO));
     }
 
     #[tokio::test]

@@ -7,9 +7,9 @@
 //!
 //! moka hands out a clone of every entry it finds, so an entry is held behind one `Arc`: a hit
 //! clones that pointer (one reference count, however many tags the entry carries), reads the
-//! entry's expiry, session and tag versions through it, and clones `T` out of it. No allocation,
-//! and one reference count more than a bare moka `get` of an `Arc` (measured in
-//! `benches/tier.rs`).
+//! entry's expiry, session and tag versions through it, and clones `T` out of it (`T` is stored
+//! in the entry's own allocation). No allocation, and one reference count more than a bare moka
+//! `get` of an `Arc` (measured in `benches/tier.rs`).
 //!
 //! Whether an entry may be served is not decided here: an entry carries when it expires (at most
 //! when its Redis copy does, and in front of Redis after the longest time an entry may live
@@ -30,13 +30,11 @@ use moka::notification::RemovalCause;
 
 use crate::key::Pattern;
 
-/// A decoded value of any type (a `T`, or encoded bytes).
-pub(crate) type Value = Box<dyn Any + Send + Sync>;
-
-/// One stored value and what `coherence` needs to know whether it may still be served.
-pub(crate) struct Entry {
-    /// The decoded value (a `T`).
-    pub(crate) value: Value,
+/// One stored value and what `coherence` needs to know whether it may still be served. The
+/// tier holds entries of every value type as `Arc<Entry>`: the value, last, is unsized to
+/// `dyn Any`, so it lives in the entry's own allocation (one pointer from moka's entry to the
+/// value, no second allocation).
+pub(crate) struct Entry<V: ?Sized = dyn Any + Send + Sync> {
     /// The tier session it was filled in.
     pub(crate) session: u64,
     /// Its tags' stripes and their versions when its read began (see `coherence`); `None` when
@@ -46,9 +44,11 @@ pub(crate) struct Entry {
     pub(crate) weight: u32,
     /// When it expires, on `coherence`'s clock (nanoseconds).
     pub(crate) expires: u64,
+    /// The decoded value (a `T`, or encoded bytes).
+    pub(crate) value: V,
 }
 
-impl std::fmt::Debug for Entry {
+impl<V: ?Sized> std::fmt::Debug for Entry<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entry")
             .field("session", &self.session)
@@ -101,8 +101,8 @@ impl Local {
         self.entries.get(key)
     }
 
-    pub(crate) fn insert(&self, key: &str, entry: Entry) {
-        self.entries.insert(key.to_owned(), Arc::new(entry));
+    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
+        self.entries.insert(key.to_owned(), entry);
     }
 
     /// Invalidates `key`; returns whether it was held. (moka's `remove` would clone the value
@@ -191,18 +191,18 @@ mod tests {
     use super::*;
     use crate::key::{Category, KeySpace};
 
-    fn entry(v: u32, weight: u32) -> Entry {
+    fn entry(v: u32, weight: u32) -> Arc<Entry> {
         expiring(v, weight, u64::MAX)
     }
 
-    fn expiring(v: u32, weight: u32, expires: u64) -> Entry {
-        Entry {
-            value: Box::new(v),
+    fn expiring(v: u32, weight: u32, expires: u64) -> Arc<Entry> {
+        Arc::new(Entry {
             session: 0,
             tags: None,
             weight,
             expires,
-        }
+            value: v,
+        })
     }
 
     fn value(l: &Local, key: &str) -> Option<u32> {
