@@ -9,11 +9,11 @@
 //! connection for good (see `remote::kept_by_the_manager`), so without this the cache would
 //! stay off until the process restarts. Hits resume within a cool-down of the login working.
 //! When Redis answers, it replays the changes that were lost during the outage (see
-//! `invalidation`), waits one cool-down more (plus 100 ms) so that the other instances that
-//! lost Redis too have replayed theirs, and only then closes the breaker, so the cache never
-//! serves a value that an acknowledged write invalidated (unless that write's instance is still
-//! cut off: see `coherence`). With the defaults the first hit after Redis returns follows within
-//! about 650 ms.
+//! `invalidation`), waits one cool-down and one op timeout more (plus 100 ms) so that the other
+//! instances that lost Redis too have replayed theirs, and only then closes the breaker, so the
+//! cache never serves a value that an acknowledged write invalidated (unless that write's
+//! instance is still cut off: see `coherence`). With the defaults the first hit after Redis
+//! returns follows within about 700 ms.
 //!
 //! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
 //! it, so nothing outlives the cache (or leaks from one test into the next).
@@ -50,8 +50,8 @@ pub(crate) fn spawn(coherence: Arc<Coherence>, cooldown: Duration) -> TaskGuard 
     TaskGuard(tokio::spawn(recover_forever(coherence, cooldown)))
 }
 
-/// Added to a cool-down after Redis answers again, before the breaker closes: time for the
-/// other instances' replays (see `recover_forever`).
+/// Added to a cool-down and an op timeout after Redis answers again, before the breaker closes:
+/// time for the other instances' handshakes and replays (see `recover_forever`).
 const SETTLE_MARGIN: Duration = Duration::from_millis(100);
 
 /// A PING on the cache's connection; if it has not answered within an operation timeout, a
@@ -112,10 +112,12 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
             }
             // Other instances that lost Redis with this one may owe changes too (a write they
             // acknowledged during the outage), replayed when *their* probe succeeds: within a
-            // cool-down of Redis returning, as here. Reading Redis before then could serve what
-            // such a change removes, so the breaker stays open (reads go to the source) for one
-            // cool-down more, plus a margin for their replay's round trip.
-            tokio::time::sleep(cooldown + SETTLE_MARGIN).await;
+            // cool-down and an op timeout of Redis returning (the op timeout is the head start
+            // of the probe on the old connection before a new one is tried). Reading Redis
+            // before then could serve what such a change removes, so the breaker stays open
+            // (reads go to the source) that much longer, plus a margin for their new
+            // connection's handshake and their replay's round trip.
+            tokio::time::sleep(cooldown + remote.op_timeout + SETTLE_MARGIN).await;
             if coherence.replay().await.is_err() {
                 continue;
             }
