@@ -1,19 +1,19 @@
 //! The background recovery task: reconnects the cache to Redis after an outage.
 //!
 //! It sleeps until the circuit breaker opens, then PINGs Redis every cool-down (default 250 ms).
-//! When the cache's connection has not answered within an operation timeout, it PINGs on a new
-//! connection too, which replaces the old one if it answers first: the old one's peer vanished
-//! without a reset (see `Remote::probe_fresh`). After a
-//! refused login (an ACL user switched off, a password being rotated)
-//! it replaces the connection at once and PINGs again: the driver keeps a failed login as its
-//! connection for good (see `remote::kept_by_the_manager`), so without this the cache would
-//! stay off until the process restarts. Hits resume within a cool-down of the login working.
-//! When Redis answers, it replays the changes that were lost during the outage (see
-//! `invalidation`), waits one cool-down and one op timeout more (plus 100 ms) so that the other
-//! instances that lost Redis too have replayed theirs, and only then closes the breaker, so the
-//! cache never serves a value that an acknowledged write invalidated (unless that write's
-//! instance is still cut off: see `coherence`). With the defaults the first hit after Redis
-//! returns follows within about 700 ms.
+//! When the cache's connection has not answered within a head start (the op timeout, at most
+//! 50 ms), it PINGs on a new connection too, which replaces the old one if it answers first: the
+//! old one's peer vanished without a reset (see `Remote::probe_fresh`). After a refused login
+//! (an ACL user switched off, a password being rotated) it replaces the connection at once and
+//! PINGs again: the driver keeps a failed login as its connection for good (see
+//! `remote::kept_by_the_manager`), so without this the cache would stay off until the process
+//! restarts. Hits resume within a cool-down of the login working. When Redis answers, it replays
+//! the changes that were lost during the outage (see `invalidation`), waits one cool-down and one
+//! head start more, plus 100 ms, so that the other instances that lost Redis too have replayed
+//! theirs, and only then closes the breaker, so the cache never serves a value that an
+//! acknowledged write invalidated (unless that write's instance is still cut off: see
+//! `coherence`). With the defaults the first hit after Redis returns follows within about
+//! 700 ms.
 //!
 //! The task is owned by a [`TaskGuard`] inside the cache: dropping the last cache handle aborts
 //! it, so nothing outlives the cache (or leaks from one test into the next).
@@ -50,11 +50,21 @@ pub(crate) fn spawn(coherence: Arc<Coherence>, cooldown: Duration) -> TaskGuard 
     TaskGuard(tokio::spawn(recover_forever(coherence, cooldown)))
 }
 
-/// Added to a cool-down and an op timeout after Redis answers again, before the breaker closes:
+/// Added to a cool-down and a head start after Redis answers again, before the breaker closes:
 /// time for the other instances' handshakes and replays (see `recover_forever`).
 const SETTLE_MARGIN: Duration = Duration::from_millis(100);
 
-/// A PING on the cache's connection; if it has not answered within an operation timeout, a
+/// How long the probe on the cache's own connection goes alone before a new connection is
+/// tried too: the op timeout, at most 50 ms (a generous op timeout must not slow every
+/// recovery: the settling wait below includes this).
+fn head_start(remote: &Remote) -> Duration {
+    remote.op_timeout.min(MAX_HEAD_START)
+}
+
+/// The longest [`head_start`].
+const MAX_HEAD_START: Duration = Duration::from_millis(50);
+
+/// A PING on the cache's connection; if it has not answered within its [`head_start`], a
 /// PING on a new connection too, and the first answer wins (a new connection that answers
 /// replaces the old one: see `Remote::probe_fresh`). Racing the two keeps the recovery after a
 /// partition that lost the connection's state as short as after any other fault: the old
@@ -63,7 +73,7 @@ const SETTLE_MARGIN: Duration = Duration::from_millis(100);
 async fn probe_own_or_fresh(remote: &Remote) -> Result<Duration> {
     let own = remote.probe();
     let mut own = pin!(own);
-    if let Ok(probed) = tokio::time::timeout(remote.op_timeout, &mut own).await {
+    if let Ok(probed) = tokio::time::timeout(head_start(remote), &mut own).await {
         return probed;
     }
     let fresh = remote.probe_fresh();
@@ -112,12 +122,12 @@ async fn recover_forever(coherence: Arc<Coherence>, cooldown: Duration) {
             }
             // Other instances that lost Redis with this one may owe changes too (a write they
             // acknowledged during the outage), replayed when *their* probe succeeds: within a
-            // cool-down and an op timeout of Redis returning (the op timeout is the head start
-            // of the probe on the old connection before a new one is tried). Reading Redis
-            // before then could serve what such a change removes, so the breaker stays open
-            // (reads go to the source) that much longer, plus a margin for their new
-            // connection's handshake and their replay's round trip.
-            tokio::time::sleep(cooldown + remote.op_timeout + SETTLE_MARGIN).await;
+            // cool-down and a head start of Redis returning (the head start of the probe on
+            // the old connection before a new one is tried). Reading Redis before then could
+            // serve what such a change removes, so the breaker stays open (reads go to the
+            // source) that much longer, plus a margin for their new connection's handshake and
+            // their replay's round trip.
+            tokio::time::sleep(cooldown + head_start(remote) + SETTLE_MARGIN).await;
             if coherence.replay().await.is_err() {
                 continue;
             }
