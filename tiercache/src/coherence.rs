@@ -99,9 +99,10 @@
 //! cache. After an outage that several instances saw, each replays what it owes when its own
 //! probe finds Redis again, and an instance whose probe came first must not read Redis before
 //! the others have: recovery (`probe`) keeps the breaker open one cool-down and one probe head
-//! start (the op timeout, at most 50 ms) more, plus 100 ms, after Redis answers. Fails without it: `acl::a_write_during_a_shared_outage_is_never_read_back_old`
-//! (about 1,200 stale reads), and the chaos soak (`scan-api/benches/chaos.rs`: 51 stale reads
-//! after an ACL user was switched off and on, seed 4916927165201593319; 0 with it).
+//! start (the op timeout, at most 50 ms) more, plus 100 ms, after Redis answers. Fails without
+//! it: `acl::a_write_during_a_shared_outage_is_never_read_back_old` (about 1,200 stale reads),
+//! and the chaos soak (`scan-api/benches/chaos.rs`: 51 stale reads after an ACL user was
+//! switched off and on, seed 4916927165201593319; 0 with it).
 //! Not covered: a writer cut off from a Redis that the other instances still reach (a partition
 //! around one instance), or one slower to come back than that. It cannot tell them; they serve
 //! the old value until it reconnects and replays (its breaker stays open meanwhile, so it serves

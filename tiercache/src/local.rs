@@ -125,34 +125,27 @@ impl Local {
         if pattern.matches("").is_none() {
             return self.invalidate_all();
         }
-        // moka's iterator clones each value it yields; they are dropped at once.
-        let doomed: Vec<Arc<String>> = self
-            .entries
-            .iter()
-            .map(|(key, _)| key)
-            .filter(|key| pattern.matches(key).unwrap_or(true))
-            .collect();
-        let mut removed = 0;
-        for key in doomed {
-            removed += u64::from(self.invalidate(key.as_str()));
-        }
-        removed
+        self.invalidate_where(|key, _| pattern.matches(key).unwrap_or(true))
     }
 
     /// Drops every entry that expired by `now` (on `coherence`'s clock); returns how many. An
     /// entry filled again between the walk and its removal goes too: a miss, never a stale read.
     pub(crate) fn sweep(&self, now: u64) -> u64 {
-        let expired: Vec<Arc<String>> = self
+        self.invalidate_where(|_, entry| entry.expires <= now)
+    }
+
+    /// Walks the entries and invalidates those `doomed` picks; returns how many were held.
+    fn invalidate_where(&self, doomed: impl Fn(&str, &Entry) -> bool) -> u64 {
+        // moka's iterator hands out each key and a clone of each entry's `Arc`.
+        let keys: Vec<Arc<String>> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.expires <= now)
+            .filter(|(key, entry)| doomed(key, entry))
             .map(|(key, _)| key)
             .collect();
-        let mut removed = 0;
-        for key in expired {
-            removed += u64::from(self.invalidate(key.as_str()));
-        }
-        removed
+        keys.iter()
+            .map(|key| u64::from(self.invalidate(key.as_str())))
+            .sum()
     }
 
     /// Invalidates everything (moka returns none of the entries held before); returns how many

@@ -194,8 +194,8 @@ async fn the_in_process_tier_serves_again_within_a_second_of_the_user_switched_o
 /// acknowledges a write meanwhile (its invalidation is owed, to be replayed when its probe logs
 /// in again). When the user is switched on, the other's probe may come first: if it closed its
 /// breaker then, it would read the old value back from Redis until the writer's probe
-/// replayed. Recovery keeps the breaker open one cool-down more (plus a margin) so that every
-/// instance that lost Redis at that moment has replayed first. Here the reader's breaker opens
+/// replayed. Recovery keeps the breaker open one cool-down and one probe head start more (plus
+/// a margin) so that every instance that lost Redis at that moment has replayed first. Here the reader's breaker opens
 /// [`PHASE`] before the writer's, so its probes run that much ahead of the writer's, and the
 /// user is switched on in the middle of a cool-down: the reader's probe comes first. Without
 /// the wait, it read the old value for about `PHASE` (found by the chaos soak, seed

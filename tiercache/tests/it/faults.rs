@@ -252,8 +252,8 @@ async fn a_black_holed_connection_is_replaced() {
         !cache.is_connected()
     })
     .await;
-    // A cool-down, an op timeout of the old connection's probe, a new connection's PING, and
-    // the settling cool-down: about 0.5 s. Bounded well below three probe timeouts.
+    // A cool-down, the old connection's head start (the op timeout, at most 50 ms), a new
+    // connection's PING, and the settling wait: about 0.5 s. Well below three probe timeouts.
     let took = wait_until(
         Duration::from_secs(2),
         "recovery on a new connection",
